@@ -1,0 +1,1178 @@
+//! An open image: the data path (read, write, zero), flush, and the
+//! metadata-changing operations that need the image's internals (snapshot
+//! barrier, rollback, reclaim, copy-up, flatten).
+//!
+//! Locks, outermost first (never taken in another order):
+//! 1. `gate` (RwLock): every head I/O holds it shared; snapshot create,
+//!    rollback, resize and reclaim hold it exclusively. This is the barrier
+//!    that makes a snapshot contain exactly the writes completed before it.
+//! 2. `flush_lock`: one flush at a time.
+//! 3. one object's `RwLock<ObjectMeta>` (writes exclusive, reads shared); a
+//!    child's object lock may be held while reading the parent's objects,
+//!    never the other way round.
+//! 4. short-lived map/cache/dirty-set mutexes, never held across I/O.
+
+use crate::error::{Error, Result};
+use crate::object::{ObjectMeta, Source, View, BLOCK, BLOCK_SHIFT, OBJECT_NONEXISTENT};
+use crate::objmap::{ObjectMap, HEAD};
+use crate::record::{
+    self, keys, ImageRecord, Kind, ObjectRecord, ParentLink, PoolRecord, SnapRecord,
+};
+use crate::spec::ImageSpec;
+use crate::store::Shared;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use vdisk_storage::{MetaOp, MetaStore, ObjectStore};
+
+const SHARDS: usize = 64;
+
+type Cell = Arc<RwLock<ObjectMeta>>;
+
+/// Name of the data object holding generation `gen` of object `objno`.
+pub fn object_name(image: u64, objno: u64, gen: u64) -> String {
+    format!("{image:08x}/{objno:012x}.{gen:x}")
+}
+
+/// True when every byte is zero.
+pub fn is_zero(buf: &[u8]) -> bool {
+    let (pre, mid, post) = unsafe_free_align(buf);
+    pre.iter().all(|b| *b == 0) && mid.iter().all(|w| *w == 0) && post.iter().all(|b| *b == 0)
+}
+
+/// Splits a byte slice into an unaligned head, u64-sized middle chunks and a
+/// tail, without unsafe code, so zero detection runs a word at a time.
+fn unsafe_free_align(buf: &[u8]) -> (&[u8], Vec<u64>, &[u8]) {
+    // Fast path on 8-byte chunks; collecting is avoided by checking in place.
+    let chunks = buf.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        if u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) != 0 {
+            return (&[1], Vec::new(), &[]);
+        }
+    }
+    (&[], Vec::new(), tail)
+}
+
+/// The head's view and everything the I/O path needs, swapped whole when
+/// the record changes so I/O never holds the record lock.
+#[derive(Debug, Clone)]
+pub(crate) struct IoParams {
+    pub size: u64,
+    pub obj_size: u64,
+    pub blocks: usize,
+    pub seq: u64,
+    pub head: View,
+    /// The newest snapshot's view: the head's "previous reader" for the
+    /// object map's exists-clean state.
+    pub prev: Option<View>,
+    pub parent: Option<ParentLink>,
+    /// The largest overlap of any reader: what a copy-up must copy.
+    pub copyup_overlap: u64,
+    pub object_map: bool,
+}
+
+impl IoParams {
+    fn from_record(rec: &ImageRecord) -> Self {
+        let obj_size = 1u64 << rec.order;
+        let copyup_overlap = if rec.parent.is_some() {
+            rec.snaps
+                .iter()
+                .filter_map(|s| s.parent_overlap)
+                .chain(rec.parent_overlap)
+                .max()
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        IoParams {
+            size: rec.size,
+            obj_size,
+            blocks: (obj_size >> BLOCK_SHIFT) as usize,
+            seq: rec.seq,
+            head: head_view(rec),
+            prev: rec.snaps.last().map(snap_view),
+            parent: rec.parent,
+            copyup_overlap,
+            object_map: rec.features & crate::Features::OBJECT_MAP.0 != 0,
+        }
+    }
+}
+
+pub(crate) fn head_view(rec: &ImageRecord) -> View {
+    View {
+        max_gen: rec.seq,
+        hidden: rec.hidden.clone(),
+        overlap: rec.parent_overlap,
+    }
+}
+
+pub(crate) fn snap_view(s: &SnapRecord) -> View {
+    View {
+        max_gen: s.id,
+        hidden: s.hidden.clone(),
+        overlap: s.parent_overlap,
+    }
+}
+
+/// Every reader of an image in snapshot order, the head last: (snap id or
+/// [`HEAD`], view).
+pub(crate) fn readers(rec: &ImageRecord) -> Vec<(u64, View)> {
+    rec.snaps
+        .iter()
+        .map(|s| (s.id, snap_view(s)))
+        .chain(std::iter::once((HEAD, head_view(rec))))
+        .collect()
+}
+
+/// The shared state of an open image (one per image per process).
+pub(crate) struct ImageState {
+    pub pool: PoolRecord,
+    pub id: u64,
+    pub meta: Arc<dyn MetaStore>,
+    pub data: Arc<dyn ObjectStore>,
+    shared: Weak<Shared>,
+    rec: RwLock<ImageRecord>,
+    params: RwLock<Arc<IoParams>>,
+    rec_dirty: AtomicBool,
+    pub gate: RwLock<()>,
+    flush_lock: Mutex<()>,
+    cache: Vec<Mutex<HashMap<u64, Cell>>>,
+    dirty: Mutex<BTreeSet<u64>>,
+    head_map: Mutex<ObjectMap>,
+    pending_removes: Mutex<Vec<(u64, u64)>>,
+    parent: Mutex<Option<ParentHandle>>,
+}
+
+#[derive(Clone)]
+struct ParentHandle {
+    state: Arc<ImageState>,
+    view: View,
+    size: u64,
+}
+
+impl std::fmt::Debug for ImageState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageState")
+            .field("pool", &self.pool.name)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImageState {
+    pub(crate) fn open(
+        shared: Weak<Shared>,
+        meta: Arc<dyn MetaStore>,
+        data: Arc<dyn ObjectStore>,
+        pool: PoolRecord,
+        rec: ImageRecord,
+    ) -> Result<Self> {
+        let params = Arc::new(IoParams::from_record(&rec));
+        let head_map = if params.object_map {
+            ObjectMap::load(meta.as_ref(), pool.id, rec.id, HEAD)?.0
+        } else {
+            ObjectMap::new()
+        };
+        Ok(ImageState {
+            id: rec.id,
+            pool,
+            meta,
+            data,
+            shared,
+            rec: RwLock::new(rec),
+            params: RwLock::new(params),
+            rec_dirty: AtomicBool::new(false),
+            gate: RwLock::new(()),
+            flush_lock: Mutex::new(()),
+            cache: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            dirty: Mutex::new(BTreeSet::new()),
+            head_map: Mutex::new(head_map),
+            pending_removes: Mutex::new(Vec::new()),
+            parent: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn record(&self) -> ImageRecord {
+        self.rec.read().clone()
+    }
+
+    pub(crate) fn params(&self) -> Arc<IoParams> {
+        self.params.read().clone()
+    }
+
+    pub(crate) fn spec(&self) -> String {
+        format!("{}/{}", self.pool.name, self.rec.read().name)
+    }
+
+    /// Replaces the in-memory record (after it was committed).
+    pub(crate) fn set_record(&self, rec: ImageRecord) {
+        let p = Arc::new(IoParams::from_record(&rec));
+        let parent_changed = self.rec.read().parent != rec.parent;
+        *self.rec.write() = rec;
+        *self.params.write() = p;
+        if parent_changed {
+            *self.parent.lock() = None;
+        }
+    }
+
+    fn name(&self, objno: u64, gen: u64) -> String {
+        object_name(self.id, objno, gen)
+    }
+
+    fn object_key(&self, objno: u64) -> Vec<u8> {
+        keys::k3(self.pool.id, self.id, objno)
+    }
+
+    fn cached(&self, objno: u64) -> Option<Cell> {
+        self.cache[(objno as usize) % SHARDS]
+            .lock()
+            .get(&objno)
+            .cloned()
+    }
+
+    /// Loads an object's record from the metadata store.
+    fn load(&self, objno: u64, p: &IoParams) -> Result<ObjectMeta> {
+        match self.meta.get(keys::OBJECTS, &self.object_key(objno))? {
+            None => Ok(ObjectMeta::new(p.blocks)),
+            Some(bytes) => {
+                let what = format!("{} object {objno}", self.spec());
+                let rec: ObjectRecord = record::decode(Kind::Object, &what, &bytes)?;
+                ObjectMeta::from_record(&rec, p.blocks, p.seq).map_err(|detail| Error::Corrupt {
+                    what: format!("object record of {what}"),
+                    detail,
+                })
+            }
+        }
+    }
+
+    /// The cell of object `objno`, loading it if needed.
+    fn cell(&self, objno: u64, p: &IoParams) -> Result<Cell> {
+        if let Some(c) = self.cached(objno) {
+            return Ok(c);
+        }
+        let m = self.load(objno, p)?;
+        let mut shard = self.cache[(objno as usize) % SHARDS].lock();
+        Ok(shard
+            .entry(objno)
+            .or_insert_with(|| Arc::new(RwLock::new(m)))
+            .clone())
+    }
+
+    /// For head reads: `None` when the object map proves the head sees
+    /// nothing stored in this object (no metadata lookup needed).
+    fn head_cell(&self, objno: u64, p: &IoParams) -> Result<Option<Cell>> {
+        if let Some(c) = self.cached(objno) {
+            return Ok(Some(c));
+        }
+        if p.object_map && self.head_map.lock().get(objno) == OBJECT_NONEXISTENT {
+            return Ok(None);
+        }
+        self.cell(objno, p).map(Some)
+    }
+
+    fn parent_handle(&self) -> Result<Option<ParentHandle>> {
+        if let Some(h) = self.parent.lock().clone() {
+            return Ok(Some(h));
+        }
+        let Some(link) = self.rec.read().parent else {
+            return Ok(None);
+        };
+        let shared = self.shared.upgrade().ok_or_else(|| Error::Corrupt {
+            what: self.spec(),
+            detail: "the store was closed while the image was open".into(),
+        })?;
+        let state = shared.image_state_by_id(link.pool, link.image)?;
+        let prec = state.record();
+        let snap = prec
+            .snaps
+            .iter()
+            .find(|s| s.id == link.snap)
+            .ok_or_else(|| Error::Corrupt {
+                what: format!("parent link of {}", self.spec()),
+                detail: format!(
+                    "snapshot id {} of {} does not exist",
+                    link.snap,
+                    state.spec()
+                ),
+            })?;
+        let h = ParentHandle {
+            view: snap_view(snap),
+            size: snap.size,
+            state,
+        };
+        *self.parent.lock() = Some(h.clone());
+        Ok(Some(h))
+    }
+
+    /// Reads parent bytes at image offset `off` (zero beyond the parent).
+    fn read_parent(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        let Some(h) = self.parent_handle()? else {
+            buf.fill(0);
+            return Ok(());
+        };
+        let n = h.size.saturating_sub(off).min(buf.len() as u64) as usize;
+        buf[n..].fill(0);
+        if n > 0 {
+            h.state.read_view(&h.view, false, off, &mut buf[..n])?;
+        }
+        Ok(())
+    }
+
+    /// What a reader sees below this image's own generations at object
+    /// `objno`, offset `obj_off`: the parent within the overlap, else zero.
+    fn read_below(
+        &self,
+        view: &View,
+        copied_up: bool,
+        p: &IoParams,
+        objno: u64,
+        obj_off: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let abs = objno * p.obj_size + obj_off;
+        let ov = match view.overlap {
+            Some(ov) if !copied_up && abs < ov => ov,
+            _ => {
+                buf.fill(0);
+                return Ok(());
+            }
+        };
+        let n = (ov - abs).min(buf.len() as u64) as usize;
+        buf[n..].fill(0);
+        self.read_parent(abs, &mut buf[..n])
+    }
+
+    /// Reads `buf.len()` bytes at `off` as `view` sees them. The caller
+    /// checked the range against the reader's size.
+    pub(crate) fn read_view(
+        &self,
+        view: &View,
+        is_head: bool,
+        off: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let p = self.params();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let abs = off + done as u64;
+            let objno = abs / p.obj_size;
+            let obj_off = abs % p.obj_size;
+            let n = ((p.obj_size - obj_off) as usize).min(buf.len() - done);
+            let piece = &mut buf[done..done + n];
+            let cell = if is_head {
+                self.head_cell(objno, &p)?
+            } else {
+                Some(self.cell(objno, &p)?)
+            };
+            match cell {
+                None => self.read_below(view, false, &p, objno, obj_off, piece)?,
+                Some(c) => {
+                    let m = c.read();
+                    self.read_object(&m, view, &p, objno, obj_off, piece)?;
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads a range of one object, grouping blocks by where they come from.
+    fn read_object(
+        &self,
+        m: &ObjectMeta,
+        view: &View,
+        p: &IoParams,
+        objno: u64,
+        obj_off: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let end = obj_off + buf.len() as u64;
+        let mut pos = obj_off;
+        while pos < end {
+            let b = (pos >> BLOCK_SHIFT) as usize;
+            let src = m.resolve(view, b);
+            // Extend the run while the next blocks come from the same place.
+            let mut run_end = ((b as u64 + 1) << BLOCK_SHIFT).min(end);
+            while run_end < end && m.resolve(view, (run_end >> BLOCK_SHIFT) as usize) == src {
+                run_end = (run_end + BLOCK).min(end);
+            }
+            let out = &mut buf[(pos - obj_off) as usize..(run_end - obj_off) as usize];
+            match src {
+                Source::Data(g) => self.data.read_at(&self.name(objno, g), pos, out)?,
+                Source::Zero(_) => out.fill(0),
+                Source::Below => self.read_below(view, m.copied_up, p, objno, pos, out)?,
+            }
+            pos = run_end;
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, off: u64, len: u64, size: u64) -> Result<()> {
+        if off.checked_add(len).is_none_or(|e| e > size) {
+            return Err(Error::OutOfRange {
+                spec: self.spec(),
+                offset: off,
+                len,
+                size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `off` of the head.
+    pub(crate) fn write(&self, off: u64, data: &[u8]) -> Result<()> {
+        let _g = self.gate.read();
+        let p = self.params();
+        self.check_range(off, data.len() as u64, p.size)?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let abs = off + done as u64;
+            let objno = abs / p.obj_size;
+            let obj_off = abs % p.obj_size;
+            let n = ((p.obj_size - obj_off) as usize).min(data.len() - done);
+            self.modify(&p, objno, |st, m| {
+                st.write_object(m, &p, objno, obj_off, &data[done..done + n])
+            })?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Makes `[off, off+len)` of the head read as zero, releasing space.
+    pub(crate) fn zero(&self, off: u64, len: u64) -> Result<()> {
+        let _g = self.gate.read();
+        let p = self.params();
+        self.check_range(off, len, p.size)?;
+        self.zero_locked(&p, off, len)
+    }
+
+    /// [`ImageState::zero`] for callers already holding the gate.
+    fn zero_locked(&self, p: &IoParams, off: u64, len: u64) -> Result<()> {
+        let end = off + len;
+        let mut pos = off;
+        while pos < end {
+            let objno = pos / p.obj_size;
+            let obj_off = pos % p.obj_size;
+            let n = (p.obj_size - obj_off).min(end - pos);
+            // Skip objects where the head already reads zero: nothing stored
+            // for it (object map) and nothing from a parent.
+            let from_parent = p.parent.is_some() && objno * p.obj_size < p.copyup_overlap;
+            let skip = !from_parent
+                && self.cached(objno).is_none()
+                && p.object_map
+                && self.head_map.lock().get(objno) == OBJECT_NONEXISTENT;
+            if !skip {
+                self.modify(p, objno, |st, m| st.zero_object(m, p, objno, obj_off, n))?;
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on object `objno` under its write lock, after copy-up, then
+    /// drops an emptied head generation and marks the object dirty.
+    fn modify(
+        &self,
+        p: &IoParams,
+        objno: u64,
+        f: impl FnOnce(&Self, &mut ObjectMeta) -> Result<()>,
+    ) -> Result<()> {
+        let cell = self.cell(objno, p)?;
+        let mut m = cell.write();
+        let before = m.clone();
+        let res = self
+            .copy_up(&mut m, p, objno)
+            .and_then(|()| f(self, &mut m));
+        if m.drop_if_empty(p.seq) {
+            self.pending_removes.lock().push((objno, p.seq));
+        }
+        if *m != before {
+            self.dirty.lock().insert(objno);
+        }
+        res
+    }
+
+    /// Copies the parent's data for this object into generation 0 before
+    /// the first change, so every reader of this image (snapshots included:
+    /// deep-flatten semantics) keeps reading what it read before.
+    fn copy_up(&self, m: &mut ObjectMeta, p: &IoParams, objno: u64) -> Result<()> {
+        let start = objno * p.obj_size;
+        if m.copied_up || p.parent.is_none() || start >= p.copyup_overlap {
+            return Ok(());
+        }
+        let len = (p.copyup_overlap - start).min(p.obj_size);
+        let mut buf = vec![0u8; (len.div_ceil(BLOCK) * BLOCK) as usize];
+        self.read_parent(start, &mut buf[..len as usize])?;
+        let name = self.name(objno, 0);
+        let nblocks = buf.len() / BLOCK as usize;
+        let mut b = 0;
+        while b < nblocks {
+            let blk = |i: usize| &buf[i * BLOCK as usize..(i + 1) * BLOCK as usize];
+            if is_zero(blk(b)) {
+                b += 1;
+                continue;
+            }
+            let s = b;
+            while b < nblocks && !is_zero(blk(b)) {
+                b += 1;
+            }
+            self.data.write_at(
+                &name,
+                s as u64 * BLOCK,
+                &buf[s * BLOCK as usize..b * BLOCK as usize],
+            )?;
+            m.version_mut(0).present.set_range(s, b, true);
+        }
+        m.copied_up = true;
+        Ok(())
+    }
+
+    /// Reads block `b` of an object as the head sees it.
+    fn read_block(
+        &self,
+        m: &ObjectMeta,
+        p: &IoParams,
+        objno: u64,
+        b: usize,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        match m.resolve(&p.head, b) {
+            Source::Data(g) => {
+                self.data
+                    .read_at(&self.name(objno, g), (b as u64) << BLOCK_SHIFT, buf)?
+            }
+            Source::Zero(_) => buf.fill(0),
+            Source::Below => self.read_below(
+                &p.head,
+                m.copied_up,
+                p,
+                objno,
+                (b as u64) << BLOCK_SHIFT,
+                buf,
+            )?,
+        }
+        Ok(())
+    }
+
+    fn write_object(
+        &self,
+        m: &mut ObjectMeta,
+        p: &IoParams,
+        objno: u64,
+        obj_off: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let gen = p.seq;
+        let name = self.name(objno, gen);
+        let end = obj_off + data.len() as u64;
+        let mut pos = obj_off;
+        let mut run: Option<u64> = None;
+        let mut punch = Vec::new();
+        let flush_run = |m: &mut ObjectMeta, run: &mut Option<u64>, to: u64| -> Result<()> {
+            if let Some(s) = run.take() {
+                self.data.write_at(
+                    &name,
+                    s,
+                    &data[(s - obj_off) as usize..(to - obj_off) as usize],
+                )?;
+                let v = m.version_mut(gen);
+                let (b0, b1) = ((s >> BLOCK_SHIFT) as usize, (to >> BLOCK_SHIFT) as usize);
+                v.present.set_range(b0, b1, true);
+                v.zero.set_range(b0, b1, false);
+            }
+            Ok(())
+        };
+        while pos < end {
+            let b = (pos >> BLOCK_SHIFT) as usize;
+            let bstart = (b as u64) << BLOCK_SHIFT;
+            let bend = bstart + BLOCK;
+            let seg_end = end.min(bend);
+            let seg = &data[(pos - obj_off) as usize..(seg_end - obj_off) as usize];
+            let full = pos == bstart && seg_end == bend;
+            if full && !is_zero(seg) {
+                run.get_or_insert(pos);
+                pos = seg_end;
+                continue;
+            }
+            flush_run(m, &mut run, pos)?;
+            if full {
+                self.zero_block(m, p, objno, b, &mut punch);
+            } else if m.version(gen).is_some_and(|v| v.has_data(b)) {
+                self.data.write_at(&name, pos, seg)?;
+            } else {
+                // Partial write to a block this generation does not hold:
+                // read the block as the head sees it, merge, write it whole.
+                let mut blk = vec![0u8; BLOCK as usize];
+                self.read_block(m, p, objno, b, &mut blk)?;
+                blk[(pos - bstart) as usize..(seg_end - bstart) as usize].copy_from_slice(seg);
+                if is_zero(&blk) {
+                    self.zero_block(m, p, objno, b, &mut punch);
+                } else {
+                    self.data.write_at(&name, bstart, &blk)?;
+                    let v = m.version_mut(gen);
+                    v.present.set(b, true);
+                    v.zero.set(b, false);
+                }
+            }
+            pos = seg_end;
+        }
+        flush_run(m, &mut run, end)?;
+        self.punch_blocks(objno, gen, &punch)
+    }
+
+    fn zero_object(
+        &self,
+        m: &mut ObjectMeta,
+        p: &IoParams,
+        objno: u64,
+        obj_off: u64,
+        len: u64,
+    ) -> Result<()> {
+        let end = obj_off + len;
+        let b0 = obj_off.div_ceil(BLOCK);
+        let b1 = end >> BLOCK_SHIFT;
+        // Partial blocks at the edges are written as zero data.
+        if b0 > b1 {
+            return self.write_object(m, p, objno, obj_off, &vec![0u8; len as usize]);
+        }
+        if obj_off < b0 * BLOCK {
+            self.write_object(
+                m,
+                p,
+                objno,
+                obj_off,
+                &vec![0u8; (b0 * BLOCK - obj_off) as usize],
+            )?;
+        }
+        let mut punch = Vec::new();
+        for b in b0..b1 {
+            self.zero_block(m, p, objno, b as usize, &mut punch);
+        }
+        self.punch_blocks(objno, p.seq, &punch)?;
+        if end > b1 * BLOCK && b1 >= b0 {
+            self.write_object(
+                m,
+                p,
+                objno,
+                b1 * BLOCK,
+                &vec![0u8; (end - b1 * BLOCK) as usize],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Makes block `b` read as zero for the head: a zero marker when an
+    /// older generation (or the parent) would show through, else nothing.
+    fn zero_block(
+        &self,
+        m: &mut ObjectMeta,
+        p: &IoParams,
+        objno: u64,
+        b: usize,
+        punch: &mut Vec<usize>,
+    ) {
+        let gen = p.seq;
+        if m.version(gen).is_some_and(|v| v.has_data(b)) {
+            punch.push(b);
+        }
+        let need_marker = match m.resolve_below(&p.head, b, gen) {
+            Source::Data(_) => true,
+            Source::Zero(_) => false,
+            Source::Below => {
+                !m.copied_up
+                    && p.head
+                        .overlap
+                        .is_some_and(|ov| objno * p.obj_size + ((b as u64) << BLOCK_SHIFT) < ov)
+            }
+        };
+        if need_marker {
+            let v = m.version_mut(gen);
+            v.present.set(b, true);
+            v.zero.set(b, true);
+        } else if let Some(v) = m.versions.iter_mut().find(|v| v.gen == gen) {
+            v.present.set(b, false);
+            v.zero.set(b, false);
+        }
+    }
+
+    /// Releases the space of blocks of the head generation. Only ever the
+    /// head's own generation, which no snapshot sees, so this is safe before
+    /// the metadata is committed; the engine never relies on it zeroing.
+    fn punch_blocks(&self, objno: u64, gen: u64, blocks: &[usize]) -> Result<()> {
+        let name = self.name(objno, gen);
+        let mut i = 0;
+        while i < blocks.len() {
+            let s = blocks[i];
+            let mut e = s + 1;
+            while i + 1 < blocks.len() && blocks[i + 1] == e {
+                i += 1;
+                e += 1;
+            }
+            self.data.punch(
+                &name,
+                (s as u64) << BLOCK_SHIFT,
+                ((e - s) as u64) << BLOCK_SHIFT,
+            )?;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Makes every completed write durable: data first, then (atomically) the
+    /// object records, object map and image record that find it. Only after
+    /// that commit are emptied data objects removed.
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.flush_with(Vec::new())
+    }
+
+    /// [`ImageState::flush`], committing `extra` metadata ops in the same
+    /// transaction.
+    pub(crate) fn flush_with(&self, extra: Vec<MetaOp>) -> Result<()> {
+        let _f = self.flush_lock.lock();
+        let dirty = std::mem::take(&mut *self.dirty.lock());
+        let p = self.params();
+        let mut ops = Vec::with_capacity(dirty.len() + extra.len() + 4);
+        let mut map = self.head_map.lock();
+        for &objno in &dirty {
+            let Some(cell) = self.cached(objno) else {
+                continue;
+            };
+            let m = cell.read();
+            let key = self.object_key(objno);
+            if m.is_empty() {
+                ops.push(MetaOp::Delete {
+                    table: keys::OBJECTS,
+                    key,
+                });
+            } else {
+                ops.push(MetaOp::Put {
+                    table: keys::OBJECTS,
+                    key,
+                    value: record::encode(Kind::Object, &m.to_record()),
+                });
+            }
+            if p.object_map {
+                map.set(objno, m.map_state(&p.head, p.prev.as_ref()));
+            }
+        }
+        if p.object_map {
+            ops.extend(map.dirty_ops(self.pool.id, self.id, HEAD));
+        }
+        let rec_dirty = self.rec_dirty.swap(false, Ordering::SeqCst);
+        if rec_dirty {
+            ops.push(self.record_op(&self.rec.read()));
+        }
+        ops.extend(extra);
+        let result = self.data.sync().map_err(Error::from).and_then(|()| {
+            if ops.is_empty() {
+                Ok(())
+            } else {
+                self.meta.commit(ops).map_err(Error::from)
+            }
+        });
+        if let Err(e) = result {
+            // Nothing was committed: keep everything dirty for the next try.
+            self.dirty.lock().extend(dirty);
+            if rec_dirty {
+                self.rec_dirty.store(true, Ordering::SeqCst);
+            }
+            return Err(e);
+        }
+        map.mark_clean();
+        drop(map);
+        self.remove_pending()
+    }
+
+    fn remove_pending(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.pending_removes.lock());
+        for (objno, gen) in pending {
+            // Re-check under the object lock: a write may have brought the
+            // generation back since it was dropped.
+            let cell = self.cached(objno);
+            let _m = cell.as_ref().map(|c| c.write());
+            if _m.as_ref().is_none_or(|m| m.version(gen).is_none()) {
+                self.data.remove(&self.name(objno, gen))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn record_op(&self, rec: &ImageRecord) -> MetaOp {
+        MetaOp::Put {
+            table: keys::IMAGES,
+            key: keys::k2(self.pool.id, self.id),
+            value: record::encode(Kind::Image, rec),
+        }
+    }
+
+    /// Grows the head's size without a commit (streaming import); the next
+    /// flush writes the record.
+    pub(crate) fn grow_uncommitted(&self, size: u64) {
+        let mut rec = self.rec.read().clone();
+        if size > rec.size {
+            rec.size = size;
+            self.set_record(rec);
+            self.rec_dirty.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes the I/O barrier: waits for in-flight head I/O to finish and
+    /// holds off new I/O until the guard drops.
+    pub(crate) fn barrier(
+        &self,
+        timeout: Duration,
+    ) -> Result<parking_lot::RwLockWriteGuard<'_, ()>> {
+        self.gate
+            .try_write_for(timeout)
+            .ok_or_else(|| Error::DrainTimeout {
+                spec: self.spec(),
+                secs: timeout.as_secs(),
+            })
+    }
+
+    /// Commits a new record (plus `extra` ops) after flushing; the caller
+    /// holds the barrier.
+    pub(crate) fn commit_record(&self, rec: ImageRecord, extra: Vec<MetaOp>) -> Result<()> {
+        let mut ops = vec![self.record_op(&rec)];
+        ops.extend(extra);
+        self.rec_dirty.store(false, Ordering::SeqCst);
+        self.flush_with(ops)?;
+        self.set_record(rec);
+        Ok(())
+    }
+
+    /// Takes a snapshot: the barrier drains in-flight writes, everything is
+    /// flushed, then the snapshot record and its object map are committed in
+    /// one transaction. No data is copied.
+    pub(crate) fn snap_create(
+        &self,
+        name: &str,
+        timeout: Duration,
+        now: u64,
+    ) -> Result<SnapRecord> {
+        let _g = self.barrier(timeout)?;
+        self.flush()?;
+        let mut rec = self.record();
+        if rec.snaps.iter().any(|s| s.name == name) {
+            return Err(Error::SnapExists(format!("{}@{name}", self.spec())));
+        }
+        if let Some(limit) = rec.snap_limit {
+            if rec.snaps.len() as u64 >= limit {
+                return Err(Error::SnapLimit {
+                    spec: self.spec(),
+                    limit,
+                });
+            }
+        }
+        let snap = SnapRecord {
+            id: rec.seq,
+            name: name.to_string(),
+            size: rec.size,
+            protected: false,
+            create_time: now,
+            hidden: rec.hidden.clone(),
+            parent_overlap: rec.parent_overlap,
+        };
+        rec.snaps.push(snap.clone());
+        rec.seq += 1;
+        let mut extra = Vec::new();
+        if self.params().object_map {
+            let mut map = self.head_map.lock();
+            let mut snap_map = map.clone();
+            snap_map.mark_all_dirty();
+            extra.extend(snap_map.dirty_ops(self.pool.id, self.id, snap.id));
+            map.replace_all(
+                crate::object::OBJECT_EXISTS,
+                crate::object::OBJECT_EXISTS_CLEAN,
+            );
+        }
+        self.commit_record(rec, extra)?;
+        Ok(snap)
+    }
+
+    /// Every object number with a record or a cached state.
+    pub(crate) fn object_numbers(&self) -> Result<BTreeSet<u64>> {
+        let prefix = keys::k2(self.pool.id, self.id);
+        let mut set: BTreeSet<u64> = self
+            .meta
+            .scan(keys::OBJECTS, &prefix)?
+            .into_iter()
+            .filter_map(|(k, _)| keys::u64_at(&k, 16))
+            .collect();
+        for shard in &self.cache {
+            set.extend(shard.lock().keys().copied());
+        }
+        Ok(set)
+    }
+
+    /// Visits every object's state (read-locked), in object order.
+    pub(crate) fn for_each_object(
+        &self,
+        mut f: impl FnMut(u64, &ObjectMeta) -> Result<()>,
+    ) -> Result<()> {
+        let p = self.params();
+        for objno in self.object_numbers()? {
+            let cell = self.cell(objno, &p)?;
+            let m = cell.read();
+            f(objno, &m)?;
+        }
+        Ok(())
+    }
+
+    /// Drops what no reader needs any more (after a snapshot is removed or
+    /// the head rolled back) and recomputes every object map from the
+    /// records. The caller holds the barrier. Data is punched and objects
+    /// removed only after the metadata that no longer needs them is
+    /// committed.
+    pub(crate) fn reclaim_and_remap(
+        &self,
+        extra: Vec<MetaOp>,
+        progress: &dyn crate::Progress,
+    ) -> Result<()> {
+        self.flush()?;
+        let p = self.params();
+        let rec = self.record();
+        let readers = readers(&rec);
+        let views: Vec<View> = readers.iter().map(|(_, v)| v.clone()).collect();
+        let objnos = self.object_numbers()?;
+        progress.start("reclaim", objnos.len() as u64);
+        let mut maps: BTreeMap<u64, ObjectMap> = BTreeMap::new();
+        if p.object_map {
+            for (id, _) in &readers {
+                let m = if *id == HEAD {
+                    self.head_map.lock().clone()
+                } else {
+                    ObjectMap::load(self.meta.as_ref(), self.pool.id, self.id, *id)?.0
+                };
+                maps.insert(*id, m);
+            }
+        }
+        let mut punches: Vec<(u64, u64, usize, usize)> = Vec::new();
+        let mut removes: Vec<(u64, u64)> = Vec::new();
+        for &objno in &objnos {
+            let cell = self.cell(objno, &p)?;
+            let mut m = cell.write();
+            let r = m.reclaim(&views);
+            if !r.punch.is_empty() || !r.removed.is_empty() {
+                self.dirty.lock().insert(objno);
+            }
+            punches.extend(r.punch.iter().map(|&(g, s, e)| (objno, g, s, e)));
+            removes.extend(r.removed.iter().map(|&g| (objno, g)));
+            if p.object_map {
+                let mut prev: Option<&View> = None;
+                for (id, v) in &readers {
+                    let st = m.map_state(v, prev);
+                    if let Some(map) = maps.get_mut(id) {
+                        map.set(objno, st);
+                    }
+                    prev = Some(v);
+                }
+            }
+            self.dirty.lock().insert(objno);
+            progress.inc(1);
+        }
+        // Objects that no longer exist for anyone also leave the maps.
+        let mut ops = extra;
+        for (id, map) in &mut maps {
+            for (objno, _) in map.iter().collect::<Vec<_>>() {
+                if !objnos.contains(&objno) {
+                    map.set(objno, OBJECT_NONEXISTENT);
+                }
+            }
+            if *id == HEAD {
+                *self.head_map.lock() = map.clone();
+            } else {
+                ops.extend(map.dirty_ops(self.pool.id, self.id, *id));
+            }
+        }
+        self.flush_with(ops)?;
+        for (objno, g, s, e) in punches {
+            self.data.punch(
+                &self.name(objno, g),
+                (s as u64) << BLOCK_SHIFT,
+                ((e - s) as u64) << BLOCK_SHIFT,
+            )?;
+        }
+        for (objno, g) in removes {
+            self.data.remove(&self.name(objno, g))?;
+        }
+        self.data.sync()?;
+        progress.finish();
+        Ok(())
+    }
+
+    /// Copies up every object the head still reads from the parent (flatten).
+    pub(crate) fn copy_up_all(&self, progress: &dyn crate::Progress) -> Result<()> {
+        let p = self.params();
+        if p.parent.is_none() {
+            return Ok(());
+        }
+        let n = p.copyup_overlap.div_ceil(p.obj_size);
+        progress.start("flatten", n);
+        for objno in 0..n {
+            let _g = self.gate.read();
+            let p = self.params();
+            self.modify(&p, objno, |_, _| Ok(()))?;
+            progress.inc(1);
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    /// Drops every cached object state (after the records were replaced
+    /// wholesale, e.g. by a rollback of metadata).
+    pub(crate) fn reload_map(&self) -> Result<()> {
+        let p = self.params();
+        let map = if p.object_map {
+            ObjectMap::load(self.meta.as_ref(), self.pool.id, self.id, HEAD)?.0
+        } else {
+            ObjectMap::new()
+        };
+        *self.head_map.lock() = map;
+        Ok(())
+    }
+
+    /// Runs `f` on one object's state (read-locked).
+    pub(crate) fn for_one_object(&self, objno: u64, f: impl FnOnce(&ObjectMeta)) -> Result<()> {
+        let p = self.params();
+        let c = self.cell(objno, &p)?;
+        f(&c.read());
+        Ok(())
+    }
+
+    /// The parent's state, the parent snapshot's view and its size.
+    pub(crate) fn parent_parts(&self) -> Result<Option<(Arc<ImageState>, View, u64)>> {
+        Ok(self.parent_handle()?.map(|h| (h.state, h.view, h.size)))
+    }
+
+    /// The head's in-memory object map (after a flush, what is stored).
+    pub(crate) fn head_map(&self) -> ObjectMap {
+        self.head_map.lock().clone()
+    }
+}
+
+/// A handle on an image's head (read-write) or one of its snapshots
+/// (read-only). Cheap to clone; every clone shares the same state.
+#[derive(Clone)]
+pub struct Image {
+    pub(crate) st: Arc<ImageState>,
+    pub(crate) snap: Option<SnapRecord>,
+    pub(crate) spec: ImageSpec,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Image({})", self.spec)
+    }
+}
+
+impl Image {
+    /// What this handle reads: `pool/image` or `pool/image@snap`.
+    pub fn spec(&self) -> &ImageSpec {
+        &self.spec
+    }
+
+    /// Size in bytes of what this handle reads (the snapshot's size for
+    /// snapshots).
+    pub fn size(&self) -> u64 {
+        match &self.snap {
+            Some(s) => s.size,
+            None => self.st.params().size,
+        }
+    }
+
+    /// Object size in bytes.
+    pub fn object_size(&self) -> u64 {
+        self.st.params().obj_size
+    }
+
+    pub fn is_snapshot(&self) -> bool {
+        self.snap.is_some()
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.snap.is_some() {
+            return Err(Error::ReadOnly {
+                spec: self.spec.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset`. Unwritten ranges read as zero.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        match &self.snap {
+            Some(s) => {
+                self.st.check_range(offset, buf.len() as u64, s.size)?;
+                self.st.read_view(&snap_view(s), false, offset, buf)
+            }
+            None => {
+                let _g = self.st.gate.read();
+                let p = self.st.params();
+                self.st.check_range(offset, buf.len() as u64, p.size)?;
+                self.st.read_view(&p.head, true, offset, buf)
+            }
+        }
+    }
+
+    /// Writes `data` at `offset`. All-zero blocks are stored as zeros in
+    /// metadata, not as data. Durable after [`Image::flush`].
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.writable()?;
+        self.st.write(offset, data)
+    }
+
+    /// Makes the range read as zero and releases its space where nothing
+    /// older needs it.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.writable()?;
+        self.st.zero(offset, len)
+    }
+
+    /// Discards the range: it reads as zero afterwards (a guaranteed-zeroing
+    /// discard) and its space is released.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.write_zeroes(offset, len)
+    }
+
+    /// Makes every write completed before this call durable.
+    pub fn flush(&self) -> Result<()> {
+        self.st.flush()
+    }
+
+    /// Grows the head to at least `size` without committing metadata (the
+    /// next flush does). For streaming imports of unknown length.
+    pub fn grow_to(&self, size: u64) -> Result<()> {
+        self.writable()?;
+        let size = size.div_ceil(512) * 512;
+        if size > crate::spec::MAX_IMAGE_SIZE {
+            return Err(Error::InvalidArgument(format!(
+                "{size} bytes is larger than the image size limit"
+            )));
+        }
+        let _g = self.st.gate.write();
+        self.st.grow_uncommitted(size);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[0; 4096]));
+        assert!(is_zero(&[]));
+        let mut b = vec![0u8; 4099];
+        b[4098] = 1;
+        assert!(!is_zero(&b));
+        b[4098] = 0;
+        b[7] = 1;
+        assert!(!is_zero(&b));
+        assert_eq!(object_name(1, 2, 3), "00000001/000000000002.3");
+    }
+}

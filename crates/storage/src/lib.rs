@@ -1,0 +1,184 @@
+//! Storage backends for vdisk.
+//!
+//! The engine stores two kinds of things, behind two small traits:
+//!
+//! ```text
+//!   engine ──► ObjectStore  (data: named byte objects, sparse, partial writes)
+//!          └─► MetaStore    (metadata: tables of byte keys → byte values,
+//!                            atomic multi-key commits)
+//! ```
+//!
+//! Both are shaped so that a remote implementation fits later: an S3-compatible
+//! object store (behind a local cache tier) for [`ObjectStore`], etcd for
+//! [`MetaStore`] (a transaction of puts and deletes). Only local ones exist now:
+//!
+//! | type | trait | for |
+//! |---|---|---|
+//! | [`LocalObjectStore`] | ObjectStore | one file per object under a directory |
+//! | [`RedbMetaStore`] | MetaStore | the embedded transactional database redb |
+//! | [`MemObjectStore`] / [`MemMetaStore`] | both | tests, simulation |
+//! | [`FaultyObjectStore`] / [`FaultyMetaStore`] | both | reliability tests: slow, failing after N ops, lying about zeroing, losing unsynced data |
+//!
+//! The contracts are written on each method; every implementation is tested
+//! against the same contract suite (`tests/contract.rs`).
+// `deny`, not `forbid`: the one place that needs `unsafe` (fallocate to punch
+// holes in `local.rs`; std has no safe way to deallocate a file range) opts out
+// locally with `#[allow(unsafe_code)]` and a SAFETY comment.
+#![deny(unsafe_code)]
+
+mod faulty;
+mod local;
+mod lock;
+mod mem;
+mod redb_meta;
+
+pub use faulty::{FaultConfig, FaultyMetaStore, FaultyObjectStore};
+pub use local::LocalObjectStore;
+pub use lock::{DirLock, LockHolder};
+pub use mem::{MemMetaStore, MemObjectStore};
+pub use redb_meta::RedbMetaStore;
+
+use std::fmt::Debug;
+
+/// What went wrong in a backend, with the object or table it concerned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// An operating-system I/O error on a named object or file.
+    #[error("I/O error on {what}: {source}")]
+    Io {
+        /// The object name or path the operation was on.
+        what: String,
+        /// The underlying OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metadata database failed.
+    #[error("metadata database error: {0}")]
+    Meta(String),
+    /// An injected fault (only from the faulty test backends).
+    #[error("injected fault: {0}")]
+    Injected(String),
+    /// A name or key the backend cannot store (empty, `..`, absolute path...).
+    #[error("invalid object name {0:?}")]
+    InvalidName(String),
+}
+
+impl StorageError {
+    /// An [`StorageError::Io`] about `what` (an object name or a path).
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        StorageError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Result of a storage operation.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A store of named, sparse byte objects: the data of images.
+///
+/// Names are relative paths made of `[A-Za-z0-9._-]` components separated by
+/// `/` (no empty, `.` or `..` component); others are rejected with
+/// [`StorageError::InvalidName`].
+///
+/// Concurrency: every method may be called from many threads at once, on the
+/// same or different objects. Operations on different objects never block each
+/// other for the duration of the I/O. Concurrent writes to overlapping ranges of
+/// one object have no defined order (the engine never issues them).
+pub trait ObjectStore: Send + Sync + Debug {
+    /// Fills `buf` with the bytes at `offset`. Bytes never written, punched,
+    /// beyond the object's end, or of an object that does not exist read as
+    /// zero. A missing object is not an error.
+    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Writes `data` at `offset`, creating the object if needed (the gap
+    /// before `offset` reads as zero). Visible to reads at once; durable only
+    /// after a later [`ObjectStore::sync`] returns.
+    fn write_at(&self, name: &str, offset: u64, data: &[u8]) -> Result<()>;
+
+    /// Asks the store to release the space of a range. After it returns, the
+    /// range *should* read as zero, but callers must not rely on that: real
+    /// devices lie (incident 1), and so does [`FaultyObjectStore`] when told
+    /// to. The engine records zeroes in metadata and uses this only to free
+    /// space. A missing object is not an error.
+    fn punch(&self, name: &str, offset: u64, len: u64) -> Result<()>;
+
+    /// Removes an object. Removing a missing object is not an error. Durable
+    /// only after a later [`ObjectStore::sync`].
+    fn remove(&self, name: &str) -> Result<()>;
+
+    /// Makes every write, punch and remove that returned before this call
+    /// durable (file data, file creation and removal in their directories).
+    /// When it returns `Ok`, a crash (power loss) loses none of them.
+    fn sync(&self) -> Result<()>;
+
+    /// Names of the existing objects whose name starts with `prefix`, sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+
+    /// Bytes of storage the object occupies (0 for a missing object). Used for
+    /// reports and consistency checks only.
+    fn allocated(&self, name: &str) -> Result<u64>;
+}
+
+/// Checks `name` against the object naming rule of [`ObjectStore`]: a relative
+/// path of non-empty components of `[A-Za-z0-9._-]`, separated by single `/`,
+/// none of them `.` or `..`. Every store calls it; callers may use it to
+/// reject bad names early.
+pub fn validate_name(name: &str) -> Result<()> {
+    let valid_component = |c: &str| {
+        !c.is_empty()
+            && c != "."
+            && c != ".."
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    // `split` yields an empty component for a leading, trailing or doubled `/`,
+    // so absolute paths and `a//b` are rejected by the component check.
+    if name.split('/').all(valid_component) {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidName(name.to_owned()))
+    }
+}
+
+/// One change in a metadata commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaOp {
+    /// Insert or replace `key` in `table`.
+    Put {
+        /// Table name (non-empty).
+        table: &'static str,
+        /// Key; keys sort bytewise.
+        key: Vec<u8>,
+        /// New value.
+        value: Vec<u8>,
+    },
+    /// Delete `key` from `table` (absent is fine).
+    Delete {
+        /// Table name (non-empty).
+        table: &'static str,
+        /// Key to delete.
+        key: Vec<u8>,
+    },
+}
+
+/// A transactional key-value store for metadata.
+///
+/// Tables are named by `&'static str` (the engine's fixed set); keys and values
+/// are bytes; keys sort bytewise.
+///
+/// Contract: [`MetaStore::commit`] is atomic (all of the batch or none of it,
+/// also across a crash) and durable when it returns `Ok`. Reads see the latest
+/// committed state. Two commits never interleave.
+pub trait MetaStore: Send + Sync + Debug {
+    /// The value of `key` in `table`, if any.
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// All pairs of `table` whose key starts with `prefix`, in key order.
+    fn scan(&self, table: &'static str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// Applies every op of the batch atomically and durably, in order.
+    fn commit(&self, ops: Vec<MetaOp>) -> Result<()>;
+}

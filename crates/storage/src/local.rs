@@ -1,0 +1,436 @@
+//! [`LocalObjectStore`]: one file per object under a root directory.
+//!
+//! This is the hot data path (an NBD server doing small random I/O from many
+//! threads), so:
+//! - open files are cached (bounded, sharded by name hash) and I/O is
+//!   positioned (`pread`/`pwrite`), so no lock is held while the kernel works;
+//! - `sync` only fsyncs what changed since the last sync: the files written or
+//!   punched, then the directories in which entries were created or removed.
+
+use crate::{validate_name, ObjectStore, Result, StorageError};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, RandomState};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Default bound on cached open files (well under a typical `ulimit -n`).
+const DEFAULT_MAX_OPEN_FILES: usize = 4096;
+/// Shards of the handle cache: enough that threads working on different
+/// objects rarely meet on the same (briefly held) mutex.
+const SHARDS: usize = 64;
+/// At most this many fsyncs run at once in `sync` (they mostly wait on the
+/// device, and the journal can batch concurrent ones).
+const SYNC_THREADS: usize = 8;
+
+/// An [`ObjectStore`] keeping each object in the file `root/<name>` (names with
+/// `/` live in subdirectories, created on demand).
+///
+/// Filesystem limits apply: a name cannot be both an object and a directory
+/// of other objects (`a` and `a/b`); that write fails with an I/O error.
+/// Directories are never removed (an empty one costs nothing and removing it
+/// would race with a concurrent creation inside it). [`ObjectStore::list`]
+/// returns every regular file under the root whose relative path is a valid
+/// object name.
+pub struct LocalObjectStore {
+    root: PathBuf,
+    max_per_shard: usize,
+    hasher: RandomState,
+    shards: Box<[Mutex<Shard>]>,
+    /// Directories (relative to root, `""` = root) with entries created or
+    /// removed since the last sync.
+    dirty_dirs: Mutex<HashSet<String>>,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Cached open handles (read + write).
+    files: HashMap<String, Arc<File>>,
+    /// Objects written or punched since the last sync.
+    dirty: HashSet<String>,
+    /// Bumped after every unlink in this shard. A handle opened across an
+    /// unlink may point at the removed inode, so it is used once and not
+    /// cached (see [`LocalObjectStore::handle`]).
+    removals: u64,
+}
+
+impl std::fmt::Debug for LocalObjectStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalObjectStore")
+            .field("root", &self.root)
+            .field("max_open_files", &(self.max_per_shard * SHARDS))
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalObjectStore {
+    /// Opens (creating it and its parents if needed) a store rooted at `root`,
+    /// caching up to 4096 open files.
+    pub fn open(root: &Path) -> Result<Self> {
+        Self::open_with_cache(root, DEFAULT_MAX_OPEN_FILES)
+    }
+
+    /// Like [`LocalObjectStore::open`], caching at most about
+    /// `max_open_files` open files (rounded up to a multiple of the shard
+    /// count, at least one per shard).
+    pub fn open_with_cache(root: &Path, max_open_files: usize) -> Result<Self> {
+        if !root.is_dir() {
+            fs::create_dir_all(root)
+                .map_err(|e| StorageError::io(root.display().to_string(), e))?;
+            // Make the new root itself survive a crash.
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent).map_err(|e| StorageError::io(parent.display().to_string(), e))?;
+            }
+        }
+        Ok(LocalObjectStore {
+            root: root.to_path_buf(),
+            max_per_shard: max_open_files.div_ceil(SHARDS).max(1),
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            dirty_dirs: Mutex::default(),
+        })
+    }
+
+    /// The directory this store keeps its objects in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn shard(&self, name: &str) -> &Mutex<Shard> {
+        // The modulo keeps the index below SHARDS, so the cast cannot truncate.
+        &self.shards[(self.hasher.hash_one(name) % SHARDS as u64) as usize]
+    }
+
+    /// An open read-write handle to `name`, from the cache or freshly opened.
+    /// A missing object gives `None`, or is created when `create` is set.
+    fn handle(&self, name: &str, create: bool) -> Result<Option<Arc<File>>> {
+        let shard = self.shard(name);
+        let removals = {
+            let s = shard.lock();
+            if let Some(file) = s.files.get(name) {
+                return Ok(Some(Arc::clone(file)));
+            }
+            s.removals
+        };
+        // Opened without the shard lock held: open() can take a while.
+        let path = self.root.join(name);
+        let file = match open_rw(&path, false) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound && !create => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => self.create(name, &path)?,
+            Err(e) => return Err(StorageError::io(name, e)),
+        };
+        let file = Arc::new(file);
+        let mut s = shard.lock();
+        // If an unlink happened in this shard since we looked, our open may
+        // have raced with it and hold a removed inode: use it for this one
+        // operation (ordering against a concurrent remove is undefined anyway)
+        // but do not let it serve later operations.
+        if s.removals == removals {
+            if let Some(existing) = s.files.get(name) {
+                return Ok(Some(Arc::clone(existing)));
+            }
+            if s.files.len() >= self.max_per_shard {
+                // Evict an arbitrary entry; in-flight users keep their Arc.
+                if let Some(victim) = s.files.keys().next().cloned() {
+                    s.files.remove(&victim);
+                }
+            }
+            s.files.insert(name.to_owned(), Arc::clone(&file));
+        }
+        Ok(Some(file))
+    }
+
+    /// Creates the file of `name` and any missing parent directories,
+    /// recording each directory that gains an entry for the next sync.
+    fn create(&self, name: &str, path: &Path) -> Result<File> {
+        // Create parents top-down so we know which ones are new.
+        let mut dir = String::new();
+        if let Some((parents, _)) = name.rsplit_once('/') {
+            for component in parents.split('/') {
+                let parent = dir.clone();
+                if !dir.is_empty() {
+                    dir.push('/');
+                }
+                dir.push_str(component);
+                match fs::create_dir(self.root.join(&dir)) {
+                    Ok(()) => {
+                        self.dirty_dirs.lock().insert(parent);
+                    }
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(StorageError::io(&dir, e)),
+                }
+            }
+        }
+        let file = open_rw(path, true).map_err(|e| StorageError::io(name, e))?;
+        self.dirty_dirs.lock().insert(dir);
+        Ok(file)
+    }
+
+    fn mark_dirty(&self, name: &str) {
+        let mut s = self.shard(name).lock();
+        if !s.dirty.contains(name) {
+            s.dirty.insert(name.to_owned());
+        }
+    }
+
+    /// fsyncs the data of the named objects (already removed ones are skipped).
+    fn sync_files(&self, names: &[String]) -> Result<()> {
+        for name in names {
+            if let Some(file) = self.handle(name, false)? {
+                file.sync_data().map_err(|e| StorageError::io(name, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Walks `dir` (relative to root, `""` = root) collecting the objects
+    /// whose name starts with `prefix`; skips subtrees that cannot match.
+    fn walk(&self, dir: &str, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+        let path = self.root.join(dir);
+        let entries = match fs::read_dir(&path) {
+            Ok(entries) => entries,
+            // Vanished or never created: nothing below it.
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StorageError::io(path.display().to_string(), e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io(path.display().to_string(), e))?;
+            let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue; // not UTF-8, so not an object name
+            };
+            let name = if dir.is_empty() {
+                file_name
+            } else {
+                format!("{dir}/{file_name}")
+            };
+            let Ok(kind) = entry.file_type() else {
+                continue; // removed while we looked
+            };
+            if kind.is_dir() {
+                let subtree = format!("{name}/");
+                if subtree.starts_with(prefix) || prefix.starts_with(&subtree) {
+                    self.walk(&name, prefix, out)?;
+                }
+            } else if kind.is_file() && name.starts_with(prefix) && validate_name(&name).is_ok() {
+                out.push(name);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ObjectStore for LocalObjectStore {
+    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        validate_name(name)?;
+        let Some(file) = self.handle(name, false)? else {
+            buf.fill(0);
+            return Ok(());
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            match file.read_at(&mut buf[done..], offset.saturating_add(done as u64)) {
+                Ok(0) => break, // end of file: the rest reads as zero
+                Ok(n) => done += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(StorageError::io(name, e)),
+            }
+        }
+        buf[done..].fill(0);
+        Ok(())
+    }
+
+    fn write_at(&self, name: &str, offset: u64, data: &[u8]) -> Result<()> {
+        validate_name(name)?;
+        let Some(file) = self.handle(name, true)? else {
+            return Err(StorageError::io(name, io::Error::from(ErrorKind::NotFound)));
+        };
+        let result = file.write_all_at(data, offset);
+        // Marked even on failure (part may have been written), and only after
+        // the write, so a sync that starts in between cannot clear the mark
+        // before the data is there.
+        self.mark_dirty(name);
+        result.map_err(|e| StorageError::io(name, e))
+    }
+
+    fn punch(&self, name: &str, offset: u64, len: u64) -> Result<()> {
+        validate_name(name)?;
+        let Some(file) = self.handle(name, false)? else {
+            return Ok(());
+        };
+        // Only the part inside the file matters (KEEP_SIZE semantics), and the
+        // clamp keeps offsets within off_t.
+        let size = file
+            .metadata()
+            .map_err(|e| StorageError::io(name, e))?
+            .len();
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(());
+        }
+        let result = punch_hole(&file, offset, end - offset);
+        self.mark_dirty(name);
+        result.map_err(|e| StorageError::io(name, e))
+    }
+
+    fn remove(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        let result = fs::remove_file(self.root.join(name));
+        {
+            // After the unlink: drop the cached handle and invalidate any open
+            // that raced with the unlink (see `handle`).
+            let mut s = self.shard(name).lock();
+            s.removals += 1;
+            s.files.remove(name);
+        }
+        match result {
+            Ok(()) => {
+                let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
+                self.dirty_dirs.lock().insert(dir.to_owned());
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io(name, e)),
+        }
+    }
+
+    fn sync(&self) -> Result<()> {
+        // Take the sets first: changes made while we sync are marked again
+        // and go to the next sync.
+        let mut files: Vec<String> = Vec::new();
+        for shard in self.shards.iter() {
+            files.extend(shard.lock().dirty.drain());
+        }
+        let dirs: Vec<String> = self.dirty_dirs.lock().drain().collect();
+
+        let result = (|| {
+            // Files first, then the directories naming them.
+            if files.len() <= 1 {
+                self.sync_files(&files)?;
+            } else {
+                let chunk = files.len().div_ceil(SYNC_THREADS);
+                std::thread::scope(|scope| {
+                    let workers: Vec<_> = files
+                        .chunks(chunk)
+                        .map(|names| scope.spawn(move || self.sync_files(names)))
+                        .collect();
+                    workers.into_iter().try_for_each(|w| {
+                        w.join().unwrap_or_else(|_| {
+                            Err(StorageError::io(
+                                "sync",
+                                io::Error::other("fsync thread panicked"),
+                            ))
+                        })
+                    })
+                })?;
+            }
+            for dir in &dirs {
+                let path = self.root.join(dir);
+                match sync_dir(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io(path.display().to_string(), e)),
+                }
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            // Nothing is known durable: put everything back so a retry
+            // syncs it again.
+            for name in files {
+                self.mark_dirty(&name);
+            }
+            self.dirty_dirs.lock().extend(dirs);
+        }
+        result
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        self.walk("", prefix, &mut out)?;
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn allocated(&self, name: &str) -> Result<u64> {
+        validate_name(name)?;
+        match fs::metadata(self.root.join(name)) {
+            Ok(meta) if meta.is_file() => Ok(meta.blocks() * 512),
+            Ok(_) => Ok(0),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(StorageError::io(name, e)),
+        }
+    }
+}
+
+fn open_rw(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+}
+
+/// fsyncs a directory, making the creation and removal of its entries durable.
+fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Releases `[offset, offset + len)` of `file` (inside its size), or, where the
+/// filesystem cannot, overwrites it with zeros.
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    match fallocate_punch(file, offset, len) {
+        Ok(()) => return Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {}
+        Err(e) => return Err(e),
+    }
+    write_zeros(file, offset, len)
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn fallocate_punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let to_off =
+        |v: u64| libc::off_t::try_from(v).map_err(|_| io::Error::from(ErrorKind::InvalidInput));
+    let (offset, len) = (to_off(offset)?, to_off(len)?);
+    loop {
+        // SAFETY: fallocate only reads its four integer arguments; the fd is
+        // valid and open for writing for the whole call because `file` is
+        // borrowed. No memory is shared with the kernel. `unsafe` is needed
+        // because std has no safe API to deallocate a file range.
+        let rc = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+fn write_zeros(file: &File, mut offset: u64, len: u64) -> io::Result<()> {
+    const CHUNK: usize = 64 * 1024;
+    let zeros = [0u8; CHUNK];
+    let end = offset + len;
+    while offset < end {
+        // Bounded by CHUNK, so the cast cannot truncate.
+        let n = (end - offset).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], offset)?;
+        offset += n as u64;
+    }
+    Ok(())
+}
