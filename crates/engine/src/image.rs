@@ -482,16 +482,16 @@ impl ImageState {
     ) -> Result<()> {
         let cell = self.cell(objno, p)?;
         let mut m = cell.write();
-        let before = m.clone();
         let res = self
             .copy_up(&mut m, p, objno)
             .and_then(|()| f(self, &mut m));
         if m.drop_if_empty(p.seq) {
             self.pending_removes.lock().push((objno, p.seq));
         }
-        if *m != before {
-            self.dirty.lock().insert(objno);
-        }
+        // Marked dirty even if the bitmaps did not change (an overwrite in
+        // place): re-encoding one record at flush is cheaper than comparing
+        // states on every write.
+        self.dirty.lock().insert(objno);
         res
     }
 
@@ -735,7 +735,7 @@ impl ImageState {
         let dirty = std::mem::take(&mut *self.dirty.lock());
         let p = self.params();
         let mut ops = Vec::with_capacity(dirty.len() + extra.len() + 4);
-        let mut map = self.head_map.lock();
+        let mut states = Vec::with_capacity(dirty.len());
         for &objno in &dirty {
             let Some(cell) = self.cached(objno) else {
                 continue;
@@ -755,12 +755,21 @@ impl ImageState {
                 });
             }
             if p.object_map {
-                map.set(objno, m.map_state(&p.head, p.prev.as_ref()));
+                states.push((objno, m.map_state(&p.head, p.prev.as_ref())));
             }
         }
-        if p.object_map {
+        // The head map's lock is held only to update it, never across the
+        // sync and commit below, so reads are not stalled by a flush.
+        let map_chunks = if p.object_map {
+            let mut map = self.head_map.lock();
+            for (objno, st) in states {
+                map.set(objno, st);
+            }
             ops.extend(map.dirty_ops(self.pool.id, self.id, HEAD));
-        }
+            map.take_dirty()
+        } else {
+            Vec::new()
+        };
         let rec_dirty = self.rec_dirty.swap(false, Ordering::SeqCst);
         if rec_dirty {
             ops.push(self.record_op(&self.rec.read()));
@@ -779,10 +788,9 @@ impl ImageState {
             if rec_dirty {
                 self.rec_dirty.store(true, Ordering::SeqCst);
             }
+            self.head_map.lock().mark_dirty(&map_chunks);
             return Err(e);
         }
-        map.mark_clean();
-        drop(map);
         self.remove_pending()
     }
 

@@ -122,6 +122,16 @@ impl ObjectMap {
         self.dirty.clear();
     }
 
+    /// Clears and returns the dirty chunk numbers (to re-mark them with
+    /// [`ObjectMap::mark_dirty`] if writing them failed).
+    pub fn take_dirty(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.dirty).into_iter().collect()
+    }
+
+    pub fn mark_dirty(&mut self, chunks: &[u64]) {
+        self.dirty.extend(chunks.iter().copied());
+    }
+
     /// Ops deleting every stored chunk of a map.
     pub fn delete_ops(
         meta: &dyn MetaStore,
