@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs formatting,
+# lints and every test of the workspace. Used by the README and by CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for tool in qemu-img:qemu-utils python3:python3; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  fi
+fi
+rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked 2>&1 | tee /tmp/vdisk-test.log
+# One closing line for the whole run.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "vdisk: %d passed, %d failed\n", p, f }' /tmp/vdisk-test.log
