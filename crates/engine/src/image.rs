@@ -36,24 +36,16 @@ pub fn object_name(image: u64, objno: u64, gen: u64) -> String {
     format!("{image:08x}/{objno:012x}.{gen:x}")
 }
 
-/// True when every byte is zero.
+/// True when every byte is zero. OR-folds 64-byte chunks, which the
+/// compiler vectorizes; stops at the first non-zero chunk.
 pub fn is_zero(buf: &[u8]) -> bool {
-    let (pre, mid, post) = unsafe_free_align(buf);
-    pre.iter().all(|b| *b == 0) && mid.iter().all(|w| *w == 0) && post.iter().all(|b| *b == 0)
-}
-
-/// Splits a byte slice into an unaligned head, u64-sized middle chunks and a
-/// tail, without unsafe code, so zero detection runs a word at a time.
-fn unsafe_free_align(buf: &[u8]) -> (&[u8], Vec<u64>, &[u8]) {
-    // Fast path on 8-byte chunks; collecting is avoided by checking in place.
-    let chunks = buf.chunks_exact(8);
-    let tail = chunks.remainder();
-    for c in chunks {
-        if u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) != 0 {
-            return (&[1], Vec::new(), &[]);
+    let mut chunks = buf.chunks_exact(64);
+    for c in &mut chunks {
+        if c.iter().fold(0u8, |a, b| a | b) != 0 {
+            return false;
         }
     }
-    (&[], Vec::new(), tail)
+    chunks.remainder().iter().all(|b| *b == 0)
 }
 
 /// The head's view and everything the I/O path needs, swapped whole when
