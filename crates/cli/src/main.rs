@@ -1,1 +1,41 @@
-fn main() {}
+//! `vdisk`: the command-line tool of the vdisk disk store.
+//!
+//! Thin on purpose: parse the command line ([`args`]), run the command
+//! ([`commands`]), turn errors into a message, a hint and an exit code
+//! ([`error::exit_code`]).
+#![forbid(unsafe_code)]
+
+mod args;
+mod commands;
+mod error;
+mod output;
+mod progress;
+
+use clap::Parser;
+use std::io::Write;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match args::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // Help and version go to stdout with 0; usage errors to stderr with 2.
+            let code = if e.use_stderr() { error::USAGE_EXIT } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.broken_pipe => ExitCode::SUCCESS,
+        Err(e) => {
+            // Not eprintln!: it panics when stderr is closed.
+            let mut msg = format!("vdisk: error: {}\n", e.message);
+            if let Some(h) = &e.hint {
+                msg.push_str(&format!("vdisk: hint: {h}\n"));
+            }
+            let _ = std::io::stderr().write_all(msg.as_bytes());
+            ExitCode::from(error::exit_code(e.kind))
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! Command-line definitions (clap derive). The doc comments are the
+//! `--help` text.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// vdisk: a store for virtual-machine disks, with rbd's conventions.
+///
+/// Images are named `[POOL/]IMAGE[@SNAP]` as in rbd; the pool defaults to
+/// `rbd`. Sizes take K/M/G/T suffixes (powers of 1024); a bare number means
+/// MiB, as in rbd.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vdisk",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Data directory holding the pools [default: /var/lib/vdisk as root,
+    /// else $XDG_DATA_HOME/vdisk or ~/.local/share/vdisk]
+    #[arg(
+        long,
+        global = true,
+        env = "VDISK_DIR",
+        hide_env_values = true,
+        value_name = "DIR"
+    )]
+    pub dir: Option<PathBuf>,
+
+    /// Output format of listings and reports
+    #[arg(long, global = true, value_enum, default_value_t = Format::Plain)]
+    pub format: Format,
+
+    /// Never show progress bars (they are shown only when stderr is a terminal)
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Text for people (tables like rbd's)
+    Plain,
+    /// JSON for programs (field names documented in docs/CLI.md)
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage pools (named places for images)
+    #[command(subcommand)]
+    Pool(PoolCmd),
+
+    /// Create an empty (thin) image
+    Create(CreateArgs),
+
+    /// List the images of a pool
+    #[command(visible_alias = "list")]
+    Ls(LsArgs),
+
+    /// Show an image's or a snapshot's details
+    Info(SpecArg),
+
+    /// Remove an image (it must have no snapshots)
+    #[command(visible_alias = "remove")]
+    Rm(SpecArg),
+
+    /// Rename an image within its pool
+    #[command(visible_alias = "mv")]
+    Rename(RenameArgs),
+
+    /// Grow or shrink an image
+    Resize(ResizeArgs),
+
+    /// Show provisioned and used space, per image and snapshot
+    #[command(visible_alias = "disk-usage")]
+    Du(DuArgs),
+
+    /// Copy an image or snapshot into a new independent image
+    #[command(visible_alias = "copy")]
+    Cp(CpArgs),
+
+    /// Import a raw file, block device or standard input into a new image
+    Import(ImportArgs),
+
+    /// Export an image or snapshot as raw bytes to a file or standard output
+    Export(ExportArgs),
+
+    /// Manage snapshots
+    #[command(subcommand)]
+    Snap(SnapCmd),
+
+    /// Clone a protected snapshot into a new copy-on-write image
+    Clone(CloneArgs),
+
+    /// List the clones of a snapshot (of every snapshot when none is named)
+    Children(SpecArg),
+
+    /// Copy into a clone everything it reads from its parent, and detach it
+    Flatten(SpecArg),
+
+    /// List the extents that differ from a snapshot (or all data extents)
+    Diff(DiffArgs),
+
+    /// Check or rebuild an image's object map
+    #[command(subcommand, name = "object-map")]
+    ObjectMap(ObjectMapCmd),
+
+    /// Enable or disable image features
+    #[command(subcommand)]
+    Feature(FeatureCmd),
+
+    /// Back up or restore a pool's metadata (JSON)
+    #[command(subcommand)]
+    Meta(MetaCmd),
+
+    /// Verify every pool's metadata against the data objects
+    Check(CheckArgs),
+
+    /// Measure I/O performance on an image, like `rbd bench`
+    Bench(BenchArgs),
+}
+
+// ------------------------------------------------------------------ pools
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCmd {
+    /// Create a pool
+    Create {
+        /// Pool name
+        name: String,
+        /// Keep the pool's data objects in this directory instead of DIR/pools/NAME
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+    },
+    /// List pools
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Long listing: id, image count and data location
+        #[arg(short = 'l', long)]
+        long: bool,
+    },
+    /// Remove an empty pool
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Pool name
+        name: String,
+    },
+}
+
+// ----------------------------------------------------------------- images
+
+/// One image or snapshot spec.
+#[derive(Debug, Args)]
+pub struct SpecArg {
+    /// [POOL/]IMAGE[@SNAP]
+    #[arg(value_name = "SPEC")]
+    pub spec: String,
+}
+
+/// `--order` and `--features` for new images.
+#[derive(Debug, Args)]
+pub struct NewImageOpts {
+    /// Object size as a power of two, 12 (4 KiB) to 25 (32 MiB) [default: from vdisk.toml, else 22]
+    #[arg(long, value_name = "ORDER", value_parser = clap::value_parser!(u8).range(12..=25))]
+    pub order: Option<u8>,
+
+    /// Features: comma-separated names (layering,exclusive-lock,object-map,fast-diff,deep-flatten)
+    /// or a number such as 61; may be repeated [default: from vdisk.toml, else 61]
+    #[arg(long, visible_alias = "image-feature", value_name = "LIST|NUM")]
+    pub features: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// [POOL/]IMAGE
+    #[arg(value_name = "SPEC")]
+    pub spec: String,
+
+    /// Size: 10G, 512M, 4096B... (a bare number is MiB, as in rbd)
+    #[arg(short = 's', long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub size: String,
+
+    #[command(flatten)]
+    pub opts: NewImageOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Pool [default: rbd]
+    #[arg(value_name = "POOL")]
+    pub pool: Option<String>,
+
+    /// Long listing (NAME SIZE PARENT FMT PROT LOCK), snapshots included
+    #[arg(short = 'l', long)]
+    pub long: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RenameArgs {
+    /// [POOL/]IMAGE to rename
+    #[arg(value_name = "SRC")]
+    pub src: String,
+    /// New name: [POOL/]IMAGE, in the same pool (the pool defaults to SRC's)
+    #[arg(value_name = "DST")]
+    pub dst: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ResizeArgs {
+    /// [POOL/]IMAGE
+    #[arg(value_name = "SPEC")]
+    pub spec: String,
+
+    /// New size: 10G, 512M, 4096B... (a bare number is MiB)
+    #[arg(short = 's', long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub size: String,
+
+    /// Allow making the image smaller (discards the data beyond the new size)
+    #[arg(long)]
+    pub allow_shrink: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DuArgs {
+    /// [POOL/]IMAGE[@SNAP] [default: every image of the pool]
+    #[arg(value_name = "SPEC")]
+    pub spec: Option<String>,
+
+    /// Pool to report on when no SPEC is given [default: rbd]
+    #[arg(short = 'p', long, value_name = "POOL", conflicts_with = "spec")]
+    pub pool: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Source: [POOL/]IMAGE[@SNAP]
+    #[arg(value_name = "SRC")]
+    pub src: String,
+    /// Destination (created): [POOL/]IMAGE
+    #[arg(value_name = "DST")]
+    pub dst: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Raw file or block device to read, or `-` for standard input
+    #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
+    pub file: String,
+
+    /// Image to create: [POOL/]IMAGE [default: the file's base name]
+    #[arg(value_name = "SPEC")]
+    pub spec: Option<String>,
+
+    #[command(flatten)]
+    pub opts: NewImageOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// [POOL/]IMAGE[@SNAP]
+    #[arg(value_name = "SPEC")]
+    pub spec: String,
+
+    /// File or block device to write, or `-` for standard output
+    #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
+    pub file: String,
+
+    /// Overwrite FILE if it exists (needed for block devices too)
+    #[arg(long)]
+    pub force: bool,
+}
+
+// -------------------------------------------------------------- snapshots
+
+#[derive(Debug, Subcommand)]
+pub enum SnapCmd {
+    /// Take a snapshot (instant; contains every write completed before it)
+    #[command(visible_alias = "add")]
+    Create(SpecArg),
+    /// List an image's snapshots
+    #[command(visible_alias = "list")]
+    Ls(SpecArg),
+    /// Remove a snapshot (it must be unprotected and have no clones)
+    #[command(visible_alias = "remove")]
+    Rm(SpecArg),
+    /// Rename a snapshot: `snap rename IMG@OLD IMG@NEW` (or just NEW)
+    Rename {
+        /// [POOL/]IMAGE@SNAP
+        #[arg(value_name = "SRC")]
+        src: String,
+        /// [POOL/]IMAGE@NEWSNAP, or the new snapshot name alone
+        #[arg(value_name = "DST")]
+        dst: String,
+    },
+    /// Make the image equal to a snapshot again (discards later writes)
+    #[command(visible_alias = "revert")]
+    Rollback(SpecArg),
+    /// Protect a snapshot from removal (needed before cloning it)
+    Protect(SpecArg),
+    /// Unprotect a snapshot (refused while it has clones)
+    Unprotect(SpecArg),
+    /// Remove every unprotected snapshot of an image
+    Purge(SpecArg),
+    /// Limit the number of snapshots of an image
+    #[command(subcommand)]
+    Limit(LimitCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitCmd {
+    /// Set the limit
+    Set {
+        /// [POOL/]IMAGE
+        #[arg(value_name = "SPEC")]
+        spec: String,
+        /// Largest number of snapshots allowed
+        #[arg(long, value_name = "N")]
+        limit: u64,
+    },
+    /// Remove the limit
+    Clear {
+        /// [POOL/]IMAGE
+        #[arg(value_name = "SPEC")]
+        spec: String,
+    },
+}
+
+// ----------------------------------------------------------------- clones
+
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// Parent snapshot (protected): [POOL/]IMAGE@SNAP
+    #[arg(value_name = "PARENT")]
+    pub parent: String,
+    /// Clone to create: [POOL/]IMAGE
+    #[arg(value_name = "CHILD")]
+    pub child: String,
+
+    /// Object size as a power of two, 12 to 25 [default: the parent's]
+    #[arg(long, value_name = "ORDER", value_parser = clap::value_parser!(u8).range(12..=25))]
+    pub order: Option<u8>,
+
+    /// Features of the clone: names or a number (layering is required)
+    /// [default: from vdisk.toml, else 61]
+    #[arg(long, visible_alias = "image-feature", value_name = "LIST|NUM")]
+    pub features: Vec<String>,
+}
+
+// ---------------------------------------------------------------- reports
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// [POOL/]IMAGE[@SNAP]
+    #[arg(value_name = "SPEC")]
+    pub spec: String,
+    /// Older snapshot to compare against [default: none: every data extent]
+    #[arg(long, value_name = "SNAP")]
+    pub from_snap: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ObjectMapCmd {
+    /// Check an image's object maps against its objects (exit 7 on errors)
+    Check(SpecArg),
+    /// Recompute an image's object maps from its objects
+    Rebuild(SpecArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeatureCmd {
+    /// Enable features (exclusive-lock, object-map, fast-diff)
+    Enable(FeatureArgs),
+    /// Disable features (exclusive-lock, object-map, fast-diff, deep-flatten)
+    Disable(FeatureArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FeatureArgs {
+    /// [POOL/]IMAGE
+    #[arg(value_name = "SPEC")]
+    pub spec: String,
+    /// Feature names (or numbers); several at once are applied together
+    #[arg(value_name = "FEATURE", required = true)]
+    pub features: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MetaCmd {
+    /// Write a pool's metadata as JSON to FILE or standard output
+    Backup {
+        /// Pool
+        #[arg(value_name = "POOL")]
+        pool: String,
+        /// File to write, or `-` for standard output
+        #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
+        file: String,
+        /// Overwrite FILE if it exists
+        #[arg(long)]
+        force: bool,
+    },
+    /// Replace a pool's metadata with a backup (validated first; data untouched)
+    Restore {
+        /// Pool
+        #[arg(value_name = "POOL")]
+        pool: String,
+        /// Backup to read, or `-` for standard input
+        #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
+        file: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Remove orphan data objects and rebuild wrong object maps, then check again
+    #[arg(long)]
+    pub repair: bool,
+}
+
+// ------------------------------------------------------------------ bench
+
+/// Kind of I/O for `bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoType {
+    Read,
+    Write,
+    Readwrite,
+}
+
+/// Offset pattern for `bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoPattern {
+    Seq,
+    Rand,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// [POOL/]IMAGE (a snapshot for read-only runs)
+    #[arg(value_name = "SPEC")]
+    pub spec: String,
+
+    /// read, write or readwrite
+    #[arg(long, value_enum)]
+    pub io_type: IoType,
+
+    /// Bytes per I/O (a bare number is bytes)
+    #[arg(long, default_value = "4K", value_name = "SIZE")]
+    pub io_size: String,
+
+    /// Concurrent I/O threads
+    #[arg(long, default_value_t = 16, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub io_threads: u32,
+
+    /// Total bytes to transfer (a bare number is bytes)
+    #[arg(long, default_value = "1G", value_name = "SIZE")]
+    pub io_total: String,
+
+    /// seq or rand
+    #[arg(long, value_enum, default_value_t = IoPattern::Seq)]
+    pub io_pattern: IoPattern,
+
+    /// Percentage of reads for readwrite
+    #[arg(long, default_value_t = 50, value_name = "PCT",
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub rw_mix_read: u8,
+}

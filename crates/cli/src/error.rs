@@ -1,0 +1,99 @@
+//! The CLI's error: an engine error, or one the CLI raises itself (files,
+//! arguments), with the same kinds, so one table maps both to exit codes.
+
+use std::fmt;
+use vdisk_engine::ErrorKind;
+
+/// What went wrong, grouped by kind (decides the exit code), with an
+/// optional hint that says what to do.
+#[derive(Debug)]
+pub struct CliError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub hint: Option<String>,
+    /// Standard output was closed by its reader: stop quietly.
+    pub broken_pipe: bool,
+}
+
+/// Result with the CLI's error.
+pub type Result<T, E = CliError> = std::result::Result<T, E>;
+
+impl CliError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        CliError {
+            kind,
+            message: message.into(),
+            hint: None,
+            broken_pipe: false,
+        }
+    }
+
+    /// A malformed request (exit 2).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidInput, message)
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// An I/O error on a file the user named; its kind follows the OS error
+    /// (a missing file is "not found", an existing one "already exists").
+    pub fn io(what: impl fmt::Display, e: std::io::Error) -> Self {
+        let kind = match e.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            std::io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+            std::io::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
+            _ => ErrorKind::Io,
+        };
+        Self::new(kind, format!("{what}: {e}"))
+    }
+}
+
+impl From<vdisk_engine::Error> for CliError {
+    fn from(e: vdisk_engine::Error) -> Self {
+        CliError {
+            kind: e.kind(),
+            message: e.to_string(),
+            hint: e.hint(),
+            broken_pipe: false,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The process exit code of each kind of error (documented in docs/CLI.md).
+///
+/// | code | meaning |
+/// |---|---|
+/// | 0 | success |
+/// | 1 | I/O or other runtime failure |
+/// | 2 | usage error, invalid input |
+/// | 3 | not found |
+/// | 4 | already exists |
+/// | 5 | refused in the current state |
+/// | 6 | unsupported by this build |
+/// | 7 | corrupt data or metadata; `check` found errors |
+/// | 8 | busy: data directory locked, drain timeout |
+pub fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Io => 1,
+        ErrorKind::InvalidInput => 2,
+        ErrorKind::NotFound => 3,
+        ErrorKind::AlreadyExists => 4,
+        ErrorKind::Refused => 5,
+        ErrorKind::Unsupported => 6,
+        ErrorKind::Corrupt => 7,
+        ErrorKind::Busy => 8,
+        _ => 1,
+    }
+}
+
+/// Exit code of clap's own usage errors.
+pub const USAGE_EXIT: u8 = 2;
