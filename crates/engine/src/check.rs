@@ -289,7 +289,20 @@ impl Store {
                 over += map.iter().filter(|(o, _)| !seen.contains(o)).count();
                 prev = Some(view);
             }
-            if under > 0 {
+            // A map flagged invalid (an operation that recomputes it was
+            // interrupted) is trusted by nothing until it is rebuilt: stale,
+            // not damage.
+            let flagged = r.flags & record::FLAG_OBJECT_MAP_INVALID != 0;
+            if flagged {
+                rep.warnings.push(format!(
+                    "{spec}: object map is flagged invalid (an interrupted operation); `vdisk object-map rebuild {spec}` or `vdisk check --repair` rebuilds it"
+                ));
+            }
+            if under > 0 && flagged {
+                rep.warnings.push(format!(
+                    "{spec}: object map (flagged invalid) under-reports {under} object(s)"
+                ));
+            } else if under > 0 {
                 rep.errors.push(format!(
                     "{spec}: object map under-reports {under} object(s)"
                 ));
@@ -299,7 +312,7 @@ impl Store {
                     "{spec}: object map over-reports {over} object(s) (safe)"
                 ));
             }
-            if repair && (under > 0 || over > 0) {
+            if repair && (under > 0 || over > 0 || flagged) {
                 let s = ImageSpec::parse_image(spec)?;
                 self.object_map_rebuild(&s)?;
                 rep.repaired.push(format!("{spec}: rebuilt object maps"));

@@ -60,10 +60,16 @@ pub(crate) struct IoParams {
     /// The newest snapshot's view: the head's "previous reader" for the
     /// object map's exists-clean state.
     pub prev: Option<View>,
+    /// Every snapshot's view, oldest first: what the head's writes must not
+    /// take away (see [`ImageState::release_shadowed`]).
+    pub snaps: Vec<View>,
     pub parent: Option<ParentLink>,
     /// The largest overlap of any reader: what a copy-up must copy.
     pub copyup_overlap: u64,
     pub object_map: bool,
+    /// The object map is maintained and not flagged invalid (an operation
+    /// that recomputes it was interrupted): only then may reads trust it.
+    pub map_valid: bool,
 }
 
 impl IoParams {
@@ -86,9 +92,12 @@ impl IoParams {
             seq: rec.seq,
             head: head_view(rec),
             prev: rec.snaps.last().map(snap_view),
+            snaps: rec.snaps.iter().map(snap_view).collect(),
             parent: rec.parent,
             copyup_overlap,
             object_map: rec.features & crate::Features::OBJECT_MAP.0 != 0,
+            map_valid: rec.features & crate::Features::OBJECT_MAP.0 != 0
+                && rec.flags & record::FLAG_OBJECT_MAP_INVALID == 0,
         }
     }
 }
@@ -135,6 +144,12 @@ pub(crate) struct ImageState {
     dirty: Mutex<BTreeSet<u64>>,
     head_map: Mutex<ObjectMap>,
     pending_removes: Mutex<Vec<(u64, u64)>>,
+    /// (object, generation, block) of data released by the data path,
+    /// punched only after a commit that no longer references it.
+    pending_punches: Mutex<Vec<(u64, u64, usize)>>,
+    /// Objects copied up since the last flush: their generation 0 is seen
+    /// by every snapshot, whose object maps the flush updates.
+    copied_up: Mutex<BTreeSet<u64>>,
     parent: Mutex<Option<ParentHandle>>,
 }
 
@@ -183,6 +198,8 @@ impl ImageState {
             dirty: Mutex::new(BTreeSet::new()),
             head_map: Mutex::new(head_map),
             pending_removes: Mutex::new(Vec::new()),
+            pending_punches: Mutex::new(Vec::new()),
+            copied_up: Mutex::new(BTreeSet::new()),
             parent: Mutex::new(None),
         })
     }
@@ -254,12 +271,16 @@ impl ImageState {
     }
 
     /// For head reads: `None` when the object map proves the head sees
-    /// nothing stored in this object (no metadata lookup needed).
+    /// nothing stored in this object (no metadata lookup needed). Not within
+    /// the parent overlap: there the record's `copied_up` decides whether
+    /// the parent shows through, and an object copied up whose blocks were
+    /// all discarded is nonexistent in the map yet must read zero.
     fn head_cell(&self, objno: u64, p: &IoParams) -> Result<Option<Cell>> {
         if let Some(c) = self.cached(objno) {
             return Ok(Some(c));
         }
-        if p.object_map && self.head_map.lock().get(objno) == OBJECT_NONEXISTENT {
+        let in_overlap = p.head.overlap.is_some_and(|ov| objno * p.obj_size < ov);
+        if p.map_valid && !in_overlap && self.head_map.lock().get(objno) == OBJECT_NONEXISTENT {
             return Ok(None);
         }
         self.cell(objno, p).map(Some)
@@ -441,6 +462,14 @@ impl ImageState {
         self.zero_locked(&p, off, len)
     }
 
+    /// [`ImageState::zero`] for a caller holding the barrier (shrink: the
+    /// tail is discarded and the size changed with no write in between).
+    pub(crate) fn zero_under_barrier(&self, off: u64, len: u64) -> Result<()> {
+        let p = self.params();
+        self.check_range(off, len, p.size)?;
+        self.zero_locked(&p, off, len)
+    }
+
     /// [`ImageState::zero`] for callers already holding the gate.
     fn zero_locked(&self, p: &IoParams, off: u64, len: u64) -> Result<()> {
         let end = off + len;
@@ -454,7 +483,7 @@ impl ImageState {
             let from_parent = p.parent.is_some() && objno * p.obj_size < p.copyup_overlap;
             let skip = !from_parent
                 && self.cached(objno).is_none()
-                && p.object_map
+                && p.map_valid
                 && self.head_map.lock().get(objno) == OBJECT_NONEXISTENT;
             if !skip {
                 self.modify(p, objno, |st, m| st.zero_object(m, p, objno, obj_off, n))?;
@@ -496,6 +525,10 @@ impl ImageState {
             return Ok(());
         }
         let len = (p.copyup_overlap - start).min(p.obj_size);
+        if !p.snaps.is_empty() {
+            // Even if this fails half-way: what it wrote is seen too.
+            self.copied_up.lock().insert(objno);
+        }
         let mut buf = vec![0u8; (len.div_ceil(BLOCK) * BLOCK) as usize];
         self.read_parent(start, &mut buf[..len as usize])?;
         let name = self.name(objno, 0);
@@ -570,8 +603,11 @@ impl ImageState {
                     s,
                     &data[(s - obj_off) as usize..(to - obj_off) as usize],
                 )?;
-                let v = m.version_mut(gen);
                 let (b0, b1) = ((s >> BLOCK_SHIFT) as usize, (to >> BLOCK_SHIFT) as usize);
+                for b in b0..b1 {
+                    self.release_shadowed(m, p, objno, b);
+                }
+                let v = m.version_mut(gen);
                 v.present.set_range(b0, b1, true);
                 v.zero.set_range(b0, b1, false);
             }
@@ -604,6 +640,7 @@ impl ImageState {
                     self.zero_block(m, p, objno, b, &mut punch);
                 } else {
                     self.data.write_at(&name, bstart, &blk)?;
+                    self.release_shadowed(m, p, objno, b);
                     let v = m.version_mut(gen);
                     v.present.set(b, true);
                     v.zero.set(b, false);
@@ -623,7 +660,14 @@ impl ImageState {
         obj_off: u64,
         len: u64,
     ) -> Result<()> {
-        let end = obj_off + len;
+        let mut end = obj_off + len;
+        if objno * p.obj_size + end >= p.size {
+            // Up to the image's end: its last block may be partial, and what
+            // lies beyond the end must read zero too (after a grow), so it is
+            // zeroed whole, i.e. released, rather than rewritten as zero data
+            // that a shrink would leave allocated beyond every reader.
+            end = end.div_ceil(BLOCK) * BLOCK;
+        }
         let b0 = obj_off.div_ceil(BLOCK);
         let b1 = end >> BLOCK_SHIFT;
         // Partial blocks at the edges are written as zero data.
@@ -670,6 +714,7 @@ impl ImageState {
         if m.version(gen).is_some_and(|v| v.has_data(b)) {
             punch.push(b);
         }
+        self.release_shadowed(m, p, objno, b);
         let need_marker = match m.resolve_below(&p.head, b, gen) {
             Source::Data(_) => true,
             Source::Zero(_) => false,
@@ -687,6 +732,38 @@ impl ImageState {
         } else if let Some(v) = m.versions.iter_mut().find(|v| v.gen == gen) {
             v.present.set(b, false);
             v.zero.set(b, false);
+        }
+    }
+
+    /// The head is about to define block `b` in its own generation, which
+    /// shadows the block in older generations. Those no snapshot resolves to
+    /// are needed by nobody any more (their snapshots were removed since):
+    /// they are dropped from the metadata now and their data punched after
+    /// the next commit, so that overwrites and discards free space (without
+    /// this, after `snap rm` every overwrite leaked the old block until the
+    /// next reclaim). Loops because an older generation may show through.
+    fn release_shadowed(&self, m: &mut ObjectMeta, p: &IoParams, objno: u64, b: usize) {
+        loop {
+            let g = match m.resolve_below(&p.head, b, p.seq) {
+                Source::Data(g) | Source::Zero(g) => g,
+                Source::Below => return,
+            };
+            let needed =
+                p.snaps.iter().rev().any(
+                    |v| matches!(m.resolve(v, b), Source::Data(x) | Source::Zero(x) if x == g),
+                );
+            if needed {
+                return;
+            }
+            let v = m.version_mut(g);
+            if v.has_data(b) {
+                self.pending_punches.lock().push((objno, g, b));
+            }
+            v.present.set(b, false);
+            v.zero.set(b, false);
+            if m.drop_if_empty(g) {
+                self.pending_removes.lock().push((objno, g));
+            }
         }
     }
 
@@ -725,6 +802,13 @@ impl ImageState {
     pub(crate) fn flush_with(&self, extra: Vec<MetaOp>) -> Result<()> {
         let _f = self.flush_lock.lock();
         let dirty = std::mem::take(&mut *self.dirty.lock());
+        // Taken after `dirty`: an entry queued for an object in `dirty` was
+        // queued under that object's lock, before the state read below.
+        let removes = std::mem::take(&mut *self.pending_removes.lock());
+        let punches = std::mem::take(&mut *self.pending_punches.lock());
+        let mut copied = std::mem::take(&mut *self.copied_up.lock());
+        // (object, its state for each snapshot, oldest first)
+        let mut snap_states: Vec<(u64, Vec<u8>)> = Vec::new();
         let p = self.params();
         let mut ops = Vec::with_capacity(dirty.len() + extra.len() + 4);
         let mut states = Vec::with_capacity(dirty.len());
@@ -748,7 +832,21 @@ impl ImageState {
             }
             if p.object_map {
                 states.push((objno, m.map_state(&p.head, p.prev.as_ref())));
+                if copied.remove(&objno) {
+                    let mut prev = None;
+                    let mut st = Vec::with_capacity(p.snaps.len());
+                    for v in &p.snaps {
+                        st.push(m.map_state(v, prev));
+                        prev = Some(v);
+                    }
+                    snap_states.push((objno, st));
+                }
             }
+        }
+        // Copied up while this flush ran: for the next one. (Without object
+        // maps there is nothing to update; enabling them rebuilds them all.)
+        if p.object_map {
+            self.copied_up.lock().extend(copied);
         }
         // The head map's lock is held only to update it, never across the
         // sync and commit below, so reads are not stalled by a flush.
@@ -766,8 +864,12 @@ impl ImageState {
         if rec_dirty {
             ops.push(self.record_op(&self.rec.read()));
         }
-        ops.extend(extra);
-        let result = self.data.sync().map_err(Error::from).and_then(|()| {
+        let result = self.snap_map_ops(&p, &snap_states).and_then(|snap_ops| {
+            ops.extend(snap_ops);
+            ops.extend(extra);
+            self.data.sync().map_err(Error::from)
+        });
+        let result = result.and_then(|()| {
             if ops.is_empty() {
                 Ok(())
             } else {
@@ -781,14 +883,73 @@ impl ImageState {
                 self.rec_dirty.store(true, Ordering::SeqCst);
             }
             self.head_map.lock().mark_dirty(&map_chunks);
+            self.pending_removes.lock().extend(removes);
+            self.pending_punches.lock().extend(punches);
+            self.copied_up
+                .lock()
+                .extend(snap_states.iter().map(|(o, _)| *o));
             return Err(e);
         }
-        self.remove_pending()
+        self.release_pending(&dirty, removes, punches)
     }
 
-    fn remove_pending(&self) -> Result<()> {
-        let pending = std::mem::take(&mut *self.pending_removes.lock());
-        for (objno, gen) in pending {
+    /// Object-map updates of every snapshot for objects copied up: a copy-up
+    /// writes generation 0, which the snapshots see (deep-flatten
+    /// semantics), so their maps must say the object exists, as RBD's
+    /// copy-up updates the snapshots' object maps. Without this `check`
+    /// found their maps under-reporting after any write to a clone that has
+    /// snapshots.
+    fn snap_map_ops(&self, p: &IoParams, states: &[(u64, Vec<u8>)]) -> Result<Vec<MetaOp>> {
+        let mut ops = Vec::new();
+        if states.is_empty() {
+            return Ok(ops);
+        }
+        for (k, v) in p.snaps.iter().enumerate() {
+            let id = v.max_gen;
+            let mut map = ObjectMap::load(self.meta.as_ref(), self.pool.id, self.id, id)?.0;
+            for (objno, st) in states {
+                map.set(*objno, st[k]);
+            }
+            ops.extend(map.dirty_ops(self.pool.id, self.id, id));
+        }
+        Ok(ops)
+    }
+
+    /// Removes data objects and punches blocks that the data path dropped,
+    /// now that a commit no longer references them. Only entries of objects
+    /// whose state this commit wrote (`committed`) are safe: an entry queued
+    /// while a concurrent flush was running may concern a state that flush
+    /// read before the drop; such entries wait for the next flush (which
+    /// will find their object dirty). Releasing data still referenced by the
+    /// durable metadata would make a crash read garbage.
+    fn release_pending(
+        &self,
+        committed: &BTreeSet<u64>,
+        removes: Vec<(u64, u64)>,
+        punches: Vec<(u64, u64, usize)>,
+    ) -> Result<()> {
+        let (punches, later): (Vec<_>, Vec<_>) = punches
+            .into_iter()
+            .partition(|(o, _, _)| committed.contains(o));
+        self.pending_punches.lock().extend(later);
+        let (removes, later): (Vec<_>, Vec<_>) = removes
+            .into_iter()
+            .partition(|(o, _)| committed.contains(o));
+        self.pending_removes.lock().extend(later);
+        for (objno, gen, b) in punches {
+            // Re-check under the object lock: a copy-up retried after a
+            // failure may have written the block again since.
+            let cell = self.cached(objno);
+            let _m = cell.as_ref().map(|c| c.write());
+            if _m
+                .as_ref()
+                .is_none_or(|m| m.version(gen).is_none_or(|v| !v.present.get(b)))
+            {
+                self.data
+                    .punch(&self.name(objno, gen), (b as u64) << BLOCK_SHIFT, BLOCK)?;
+            }
+        }
+        for (objno, gen) in removes {
             // Re-check under the object lock: a write may have brought the
             // generation back since it was dropped.
             let cell = self.cached(objno);
@@ -838,7 +999,10 @@ impl ImageState {
     pub(crate) fn commit_record(&self, rec: ImageRecord, extra: Vec<MetaOp>) -> Result<()> {
         let mut ops = vec![self.record_op(&rec)];
         ops.extend(extra);
-        self.rec_dirty.store(false, Ordering::SeqCst);
+        // `rec_dirty` is left to `flush_with`: it restores it if the commit
+        // fails (clearing it here lost an uncommitted `grow_to` for good).
+        // If it is set, the in-memory record goes first in the batch and
+        // `rec`, later, wins.
         self.flush_with(ops)?;
         self.set_record(rec);
         Ok(())
@@ -879,17 +1043,31 @@ impl ImageState {
         rec.snaps.push(snap.clone());
         rec.seq += 1;
         let mut extra = Vec::new();
+        let mut new_head_map = None;
         if self.params().object_map {
-            let mut map = self.head_map.lock();
+            // The head's new map (exists → exists-clean: the head now sees
+            // what the snapshot sees) is committed with the snapshot and
+            // installed only once that commit succeeded: changed in place
+            // before, a failed commit left it wrong in memory and the next
+            // flush stored it, under-reporting against the old snapshots.
+            let map = self.head_map.lock().clone();
             let mut snap_map = map.clone();
             snap_map.mark_all_dirty();
             extra.extend(snap_map.dirty_ops(self.pool.id, self.id, snap.id));
-            map.replace_all(
+            let mut head = map;
+            head.mark_clean();
+            head.replace_all(
                 crate::object::OBJECT_EXISTS,
                 crate::object::OBJECT_EXISTS_CLEAN,
             );
+            extra.extend(head.dirty_ops(self.pool.id, self.id, HEAD));
+            head.mark_clean();
+            new_head_map = Some(head);
         }
         self.commit_record(rec, extra)?;
+        if let Some(m) = new_head_map {
+            *self.head_map.lock() = m;
+        }
         Ok(snap)
     }
 
@@ -988,7 +1166,21 @@ impl ImageState {
                 ops.extend(map.dirty_ops(self.pool.id, self.id, *id));
             }
         }
+        // The maps are whole again: the commit that stores them clears the
+        // invalid flags that the operation's first commit set (see
+        // `Store::snap_remove`), so an interruption in between leaves them
+        // flagged rather than silently under-reporting.
+        let invalid = record::FLAG_OBJECT_MAP_INVALID | record::FLAG_FAST_DIFF_INVALID;
+        let mut valid_rec = self.record();
+        let clear = valid_rec.flags & invalid != 0;
+        if clear {
+            valid_rec.flags &= !invalid;
+            ops.push(self.record_op(&valid_rec));
+        }
         self.flush_with(ops)?;
+        if clear {
+            self.set_record(valid_rec);
+        }
         for (objno, g, s, e) in punches {
             self.data.punch(
                 &self.name(objno, g),

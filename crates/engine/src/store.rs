@@ -627,6 +627,7 @@ impl Store {
         let spec = spec.image_only();
         crate::spec::validate_image_size(&new_size.to_string(), new_size)?;
         let st = self.state(&spec)?;
+        let _g = st.barrier(DRAIN_TIMEOUT)?;
         let old = st.params().size;
         if new_size < old {
             if !allow_shrink {
@@ -637,10 +638,11 @@ impl Store {
                 });
             }
             // Discard the tail first (through the normal data path, so copy-up
-            // and snapshots are honoured), then commit the smaller size.
-            st.zero(new_size, old - new_size)?;
+            // and snapshots are honoured), then commit the smaller size; both
+            // under the barrier, else a write landing in between survived the
+            // shrink and reappeared on the next grow.
+            st.zero_under_barrier(new_size, old - new_size)?;
         }
-        let _g = st.barrier(DRAIN_TIMEOUT)?;
         let mut rec = st.record();
         rec.size = new_size;
         if let Some(ov) = rec.parent_overlap {
@@ -710,8 +712,12 @@ impl Store {
             });
         }
         let _g = st.barrier(DRAIN_TIMEOUT)?;
+        // Commit pending object-map updates of the snapshots (copy-ups)
+        // before the snapshot's map is deleted, so none is left behind.
+        st.flush()?;
         let mut rec = st.record();
         rec.snaps.retain(|s| s.id != snap.id);
+        invalidate_maps(&mut rec);
         let extra = ObjectMap::delete_ops(st.meta.as_ref(), st.pool.id, st.id, snap.id)?;
         st.commit_record(rec, extra)?;
         st.reclaim_and_remap(vec![], progress)
@@ -808,13 +814,18 @@ impl Store {
         let _g = st.barrier(DRAIN_TIMEOUT)?;
         st.flush()?;
         let mut rec = st.record();
+        // The head must see exactly what the snapshot sees: its hidden
+        // ranges, not the head's (an earlier rollback to an older snapshot
+        // hid generations this snapshot sees), plus everything since it.
+        rec.hidden = snap.hidden.clone();
         if snap.id < rec.seq {
             rec.hidden.push((snap.id + 1, rec.seq));
-            rec.hidden = merge_ranges(std::mem::take(&mut rec.hidden));
         }
+        rec.hidden = merge_ranges(std::mem::take(&mut rec.hidden));
         rec.seq += 1;
         rec.size = snap.size;
         rec.parent_overlap = snap.parent_overlap;
+        invalidate_maps(&mut rec);
         st.commit_record(rec, vec![])?;
         st.reclaim_and_remap(vec![], progress)
     }
@@ -952,6 +963,8 @@ impl Store {
         let map_on = new.contains(Features::OBJECT_MAP);
         let mut extra = Vec::new();
         if !map_on && old.contains(Features::OBJECT_MAP) {
+            // No maps left to be invalid.
+            rec.flags &= !(record::FLAG_OBJECT_MAP_INVALID | record::FLAG_FAST_DIFF_INVALID);
             for (id, _) in crate::image::readers(&rec) {
                 extra.extend(ObjectMap::delete_ops(
                     st.meta.as_ref(),
@@ -960,6 +973,10 @@ impl Store {
                     id,
                 )?);
             }
+        }
+        if map_on && !old.contains(Features::OBJECT_MAP) {
+            // No map exists yet: flagged until the remap below stores them.
+            invalidate_maps(&mut rec);
         }
         st.commit_record(rec, extra)?;
         if map_on && !old.contains(Features::OBJECT_MAP) {
@@ -980,9 +997,9 @@ impl Store {
             )));
         }
         let _g = st.barrier(DRAIN_TIMEOUT)?;
-        let mut rec = st.record();
-        rec.flags &= !(record::FLAG_OBJECT_MAP_INVALID | record::FLAG_FAST_DIFF_INVALID);
-        st.commit_record(rec, vec![])?;
+        // The invalid flags are cleared by the commit that stores the
+        // rebuilt maps (clearing them first, as before, left stale maps
+        // trusted if the rebuild was interrupted).
         st.reclaim_and_remap(vec![], &NoProgress)
     }
 
@@ -1022,6 +1039,17 @@ impl Store {
         Ok(Some(
             ObjectMap::load(st.meta.as_ref(), st.pool.id, st.id, HEAD)?.0,
         ))
+    }
+}
+
+/// Flags the object maps of `rec` invalid (when it has them): for record
+/// changes that change what the maps must say (the readers), committed
+/// before the maps are recomputed. `ImageState::reclaim_and_remap` clears the
+/// flags in the commit that stores the new maps; until then reads and
+/// fast-diff do not trust the maps and `check` says they need a rebuild.
+fn invalidate_maps(rec: &mut ImageRecord) {
+    if rec.features & Features::OBJECT_MAP.0 != 0 {
+        rec.flags |= record::FLAG_OBJECT_MAP_INVALID | record::FLAG_FAST_DIFF_INVALID;
     }
 }
 
