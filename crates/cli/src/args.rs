@@ -123,6 +123,18 @@ pub enum Command {
 
     /// Measure I/O performance on an image, like `rbd bench`
     Bench(BenchArgs),
+
+    /// Serve images and snapshots over NBD (runs in the foreground, logs to stderr)
+    ///
+    /// Export names are image specs: `rbd/IMAGE`, `rbd/IMAGE@SNAP` (read-only),
+    /// and for the default pool also `IMAGE`, `IMAGE@SNAP`. Clients connect with
+    /// e.g. `qemu -drive file=nbd://127.0.0.1:10809/rbd/IMAGE` or
+    /// `nbd+unix:///rbd/IMAGE?socket=DIR/nbd.sock`.
+    ///
+    /// SIGTERM or SIGINT stops it: in-flight requests finish, every image is
+    /// flushed, exit status 0. Log verbosity: VDISK_LOG (e.g. `debug`,
+    /// `warn`), default `info`. The data directory stays locked while serving.
+    Serve(ServeArgs),
 }
 
 // ------------------------------------------------------------------ pools
@@ -469,4 +481,17 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 50, value_name = "PCT",
           value_parser = clap::value_parser!(u8).range(0..=100))]
     pub rw_mix_read: u8,
+}
+
+// ------------------------------------------------------------------ serve
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TCP address to listen on, ADDR:PORT (repeatable); `none` for no TCP
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10809")]
+    pub listen: Vec<String>,
+
+    /// Unix socket to listen on; `none` for no socket [default: DIR/nbd.sock]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }

@@ -62,6 +62,17 @@ impl From<vdisk_engine::Error> for CliError {
     }
 }
 
+impl From<vdisk_server::Error> for CliError {
+    fn from(e: vdisk_server::Error) -> Self {
+        CliError {
+            kind: e.kind(),
+            message: e.to_string(),
+            hint: e.hint(),
+            broken_pipe: false,
+        }
+    }
+}
+
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)

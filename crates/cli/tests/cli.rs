@@ -20,6 +20,8 @@ mod meta;
 mod pools;
 #[path = "cli/reports.rs"]
 mod reports;
+#[path = "cli/serve.rs"]
+mod serve;
 #[path = "cli/snaps.rs"]
 mod snaps;
 #[path = "cli/transfer.rs"]

@@ -30,6 +30,7 @@ pub mod objmap;
 pub mod record;
 pub mod report;
 pub mod spec;
+mod status;
 mod store;
 pub mod transfer;
 

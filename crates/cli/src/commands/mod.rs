@@ -7,6 +7,7 @@ mod image;
 mod meta;
 mod pool;
 mod report;
+mod serve;
 mod snap;
 mod transfer;
 
@@ -73,6 +74,7 @@ fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Flatten(a) => clone::flatten(ctx, &a.spec),
         Command::Meta(c) => meta::run(ctx, c),
         Command::Bench(a) => bench::run(ctx, a),
+        Command::Serve(a) => serve::run(ctx, a),
     }
 }
 

@@ -103,6 +103,18 @@ impl Env {
         out
     }
 
+    /// Starts `vdisk ARGS` in the background (stdin empty, stdout and
+    /// stderr piped), for long-running commands such as `serve`.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let _guard = FORK.read().unwrap_or_else(|e| e.into_inner());
+        self.command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vdisk")
+    }
+
     /// Runs and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);

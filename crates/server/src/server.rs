@@ -1,0 +1,344 @@
+//! Listeners, the accept loop, connection tasks and shutdown.
+
+use crate::error::{Error, Result};
+use crate::negotiate::{negotiate, Outcome};
+use crate::transmission;
+use crate::{Limits, ServeConfig};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+use vdisk_engine::Store;
+
+/// A bound server, not yet serving. Binding first lets callers learn the
+/// addresses (port 0) before clients connect.
+#[derive(Debug)]
+pub struct Server {
+    store: Store,
+    limits: Limits,
+    tcp: Vec<TcpListener>,
+    unix: Option<(UnixListener, PathBuf)>,
+}
+
+/// A connection accepted by one of the listeners.
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Server {
+    /// Binds every TCP address and the Unix socket of `cfg`.
+    pub async fn bind(store: Store, cfg: ServeConfig) -> Result<Server> {
+        cfg.limits.validate()?;
+        if cfg.listen.is_empty() && cfg.socket.is_none() {
+            return Err(Error::NoListener);
+        }
+        let mut tcp = Vec::new();
+        for addr in &cfg.listen {
+            let listener = TcpListener::bind(addr).await.map_err(|e| Error::Bind {
+                addr: addr.to_string(),
+                source: e,
+            })?;
+            tcp.push(listener);
+        }
+        let unix = match &cfg.socket {
+            Some(path) => Some((bind_unix(path).await?, path.clone())),
+            None => None,
+        };
+        Ok(Server {
+            store,
+            limits: cfg.limits,
+            tcp,
+            unix,
+        })
+    }
+
+    /// The TCP addresses actually bound (with the ports chosen for port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The Unix socket, if any.
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.unix.as_ref().map(|(_, p)| p.as_path())
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, lets
+    /// in-flight requests finish (up to [`Limits::drain_timeout`]), closes
+    /// every connection, flushes every open image and removes the Unix
+    /// socket. Fails only if that final flush fails.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let Server {
+            store,
+            limits,
+            tcp,
+            unix,
+        } = self;
+        let limits = Arc::new(limits);
+        for l in &tcp {
+            if let Ok(addr) = l.local_addr() {
+                info!(%addr, "listening on TCP");
+            }
+        }
+        if let Some((_, path)) = &unix {
+            info!(path = %path.display(), "listening on Unix socket");
+        }
+
+        // Each listener accepts in its own task and hands connections to
+        // this loop, which alone owns the set of connection tasks.
+        let (accepted_tx, mut accepted_rx) = mpsc::channel::<Accepted>(64);
+        let mut acceptors: Vec<JoinHandle<()>> = Vec::new();
+        for listener in tcp {
+            let tx = accepted_tx.clone();
+            acceptors.push(tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, peer)) => {
+                            if tx.send(Accepted::Tcp(stream, peer)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => accept_failed(e).await,
+                    }
+                }
+            }));
+        }
+        let socket_path = unix.as_ref().map(|(_, p)| p.clone());
+        if let Some((listener, _)) = unix {
+            let tx = accepted_tx.clone();
+            acceptors.push(tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, _)) => {
+                            if tx.send(Accepted::Unix(stream)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => accept_failed(e).await,
+                    }
+                }
+            }));
+        }
+        drop(accepted_tx);
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let mut conns: JoinSet<()> = JoinSet::new();
+        let mut next_id: u64 = 0;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = accepted_rx.recv() => {
+                    let Some(accepted) = accepted else { break };
+                    next_id += 1;
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        // Accepted and closed: the client fails fast rather
+                        // than hanging in the listen backlog.
+                        warn!(limit = limits.max_connections, "too many connections; refusing one");
+                        continue;
+                    };
+                    let ctx = ConnCtx {
+                        store: store.clone(),
+                        limits: limits.clone(),
+                        stop: stop_rx.clone(),
+                        _permit: permit,
+                    };
+                    match accepted {
+                        Accepted::Tcp(stream, peer) => {
+                            // Replies are sent whole; Nagle would only delay
+                            // the small ones.
+                            let _ = stream.set_nodelay(true);
+                            let span = info_span!("conn", id = next_id, peer = %peer);
+                            let (rd, wr) = stream.into_split();
+                            conns.spawn(connection(rd, wr, ctx).instrument(span));
+                        }
+                        Accepted::Unix(stream) => {
+                            let peer = match stream.peer_cred() {
+                                Ok(c) => format!("unix pid={} uid={}", c.pid().unwrap_or(0), c.uid()),
+                                Err(_) => "unix".to_owned(),
+                            };
+                            let span = info_span!("conn", id = next_id, peer = %peer);
+                            let (rd, wr) = stream.into_split();
+                            conns.spawn(connection(rd, wr, ctx).instrument(span));
+                        }
+                    }
+                }
+                Some(joined) = conns.join_next(), if !conns.is_empty() => {
+                    if let Err(e) = joined {
+                        if e.is_panic() {
+                            error!("a connection task panicked; other connections are unaffected");
+                        }
+                    }
+                }
+            }
+        }
+
+        info!(
+            connections = conns.len(),
+            "shutting down: no new connections, finishing in-flight requests"
+        );
+        for a in &acceptors {
+            a.abort();
+        }
+        drop(accepted_rx);
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(limits.drain_timeout, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                connections = conns.len(),
+                secs = limits.drain_timeout.as_secs(),
+                "connections still busy after the drain timeout; closing them"
+            );
+            conns.abort_all();
+            while conns.join_next().await.is_some() {}
+        }
+        let flushed = tokio::task::spawn_blocking(move || store.flush_all()).await;
+        if let Some(path) = socket_path {
+            if let Err(e) = std::fs::remove_file(&path) {
+                debug!(path = %path.display(), error = %e, "cannot remove the socket");
+            }
+        }
+        match flushed {
+            Ok(Ok(())) => {
+                info!("every image flushed; stopped");
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "flushing the images at shutdown failed");
+                Err(e.into())
+            }
+            Err(e) => Err(Error::Io {
+                what: "flushing the images at shutdown".into(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+}
+
+/// Accept errors are mostly transient (a connection reset before it was
+/// accepted, out of file descriptors): log, pause so a persistent one does
+/// not spin, carry on.
+async fn accept_failed(e: std::io::Error) {
+    warn!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
+/// Binds the Unix socket, replacing a stale socket file left by a server
+/// that is gone (nothing answers on it), never a live server's socket or
+/// a file that is not a socket.
+async fn bind_unix(path: &Path) -> Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(Error::SocketInUse(path.display().to_string()));
+            }
+            std::fs::remove_file(path).map_err(|e| Error::Io {
+                what: format!("removing the stale socket {}", path.display()),
+                source: e,
+            })?;
+            info!(path = %path.display(), "removed a stale socket");
+        }
+        Ok(_) => return Err(Error::NotASocket(path.display().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::Io {
+                what: format!("inspecting {}", path.display()),
+                source: e,
+            })
+        }
+    }
+    UnixListener::bind(path).map_err(|e| Error::Bind {
+        addr: path.display().to_string(),
+        source: e,
+    })
+}
+
+/// What a connection task gets.
+struct ConnCtx {
+    store: Store,
+    limits: Arc<Limits>,
+    stop: watch::Receiver<bool>,
+    /// Held for the connection's lifetime: one of `max_connections`.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// One connection: handshake (bounded in time, abandoned at shutdown),
+/// then transmission.
+async fn connection<R, W>(mut rd: R, mut wr: W, ctx: ConnCtx)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    debug!("connection opened");
+    let mut stop = ctx.stop.clone();
+    let outcome = tokio::select! {
+        _ = stop.wait_for(|s| *s) => {
+            debug!("closed during the handshake: server shutting down");
+            return;
+        }
+        r = tokio::time::timeout(
+            ctx.limits.handshake_timeout,
+            negotiate(&mut rd, &mut wr, &ctx.store, &ctx.limits),
+        ) => r,
+    };
+    let (negotiated, image, leftover) = match outcome {
+        Err(_) => {
+            info!(
+                secs = ctx.limits.handshake_timeout.as_secs(),
+                "handshake timed out; closing"
+            );
+            return;
+        }
+        Ok(Err(e)) => {
+            info!(error = %e, "handshake failed; closing");
+            return;
+        }
+        Ok(Ok(Outcome::Closed(why))) => {
+            debug!(why, "closed during the handshake");
+            return;
+        }
+        Ok(Ok(Outcome::Transmission {
+            negotiated,
+            image,
+            leftover,
+        })) => (negotiated, image, leftover),
+    };
+    info!(
+        export = %negotiated.export,
+        image = %image.spec(),
+        size = negotiated.size,
+        read_only = image.is_snapshot(),
+        structured = negotiated.structured_replies,
+        "export opened"
+    );
+    let summary = transmission::serve(
+        rd,
+        wr,
+        leftover,
+        &negotiated,
+        image,
+        &ctx.limits,
+        ctx.stop.clone(),
+    )
+    .await;
+    info!(
+        export = %negotiated.export,
+        requests = summary.requests,
+        failed = summary.failed,
+        reason = %summary.end,
+        "connection closed"
+    );
+}
