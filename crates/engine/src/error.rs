@@ -65,6 +65,12 @@ pub enum Error {
     ShrinkRefused { spec: String, from: u64, to: u64 },
     #[error("image {spec} already has {limit} snapshot(s), its limit")]
     SnapLimit { spec: String, limit: u64 },
+    #[error("image {spec} has {count} snapshot(s), more than the requested limit {limit}")]
+    LimitBelowCount {
+        spec: String,
+        count: usize,
+        limit: u64,
+    },
     #[error("{spec} is a snapshot and read-only")]
     ReadOnly { spec: String },
     #[error("feature {feature} needs {needs}")]
@@ -127,6 +133,7 @@ impl Error {
             | PoolNotEmpty { .. }
             | ShrinkRefused { .. }
             | SnapLimit { .. }
+            | LimitBelowCount { .. }
             | ReadOnly { .. }
             | FeatureDependency { .. }
             | FeatureNotDynamic { .. } => ErrorKind::Refused,
@@ -159,11 +166,12 @@ impl Error {
             PoolNotEmpty { .. } => "remove its images first (`vdisk ls POOL`, `vdisk rm POOL/IMAGE`)".into(),
             ShrinkRefused { spec, to, .. } => format!("if that is what you want: `vdisk resize {spec} --size {to}B --allow-shrink`"),
             SnapLimit { spec, .. } => format!("remove a snapshot or raise the limit: `vdisk snap limit set {spec} --limit N`"),
+            LimitBelowCount { spec, .. } => format!("remove snapshots first (`vdisk snap ls {spec}`, `vdisk snap rm`), or choose a larger limit"),
             ReadOnly { spec } => format!("write to the image, not the snapshot ({})", spec.split('@').next().unwrap_or(spec)),
             FeatureDependency { .. } => "enable or disable the features together, in dependency order (exclusive-lock < object-map < fast-diff)".into(),
             FeatureUnsupported { .. } => "supported features: layering, exclusive-lock, object-map, fast-diff, deep-flatten".into(),
             FeatureNotDynamic { .. } => "only exclusive-lock, object-map and fast-diff can be enabled or disabled later (deep-flatten only disabled)".into(),
-            ImageNeedsFeatures { image, features } => format!("open it with a vdisk that supports them, or drop them if they are optional: `vdisk feature disable {image} {features}`"),
+            ImageNeedsFeatures { image, features } => format!("open it with a vdisk that supports them, or drop them if they are optional: `vdisk feature disable {image} {}`", features.replace(',', " ")),
             UnsupportedVersion { .. } => "use a newer vdisk, or restore an older metadata backup with `vdisk meta restore`".into(),
             Locked { .. } => "stop that process, use another --dir, or send the command through the running daemon".into(),
             DrainTimeout { .. } => "writers kept the image busy; retry, or pause the writers".into(),

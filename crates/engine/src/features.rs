@@ -96,6 +96,24 @@ impl Features {
         Ok(f)
     }
 
+    /// Like [`Features::parse`], but numbers (`0x1000`, `4096`) may carry
+    /// bits this build does not know: for `feature disable`, which must be
+    /// able to drop what a newer vdisk set (incident 2).
+    pub fn parse_lenient(s: &str) -> Result<Features> {
+        let mut f = Features(0);
+        for tok in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let num = match tok.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => tok.parse::<u64>().ok(),
+            };
+            f = f.union(match num {
+                Some(n) => Features(n),
+                None => Self::by_name(tok)?,
+            });
+        }
+        Ok(f)
+    }
+
     /// The feature with RBD name `name` (also accepts `_` for `-`).
     pub fn by_name(name: &str) -> Result<Features> {
         let n = name.trim().to_ascii_lowercase().replace('_', "-");
@@ -180,6 +198,10 @@ mod tests {
         );
         assert!(Features::parse("bogus").is_err());
         assert!(Features::parse("65536").is_err());
+        assert_eq!(
+            Features::parse_lenient("0x1000,layering").unwrap(),
+            Features(4097)
+        );
         assert_eq!(Features(1 << 20).names(), vec!["0x100000".to_string()]);
     }
 

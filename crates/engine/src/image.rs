@@ -446,7 +446,7 @@ impl ImageState {
             let objno = abs / p.obj_size;
             let obj_off = abs % p.obj_size;
             let n = ((p.obj_size - obj_off) as usize).min(data.len() - done);
-            self.modify(&p, objno, |st, m| {
+            self.modify(&p, objno, true, |st, m| {
                 st.write_object(m, &p, objno, obj_off, &data[done..done + n])
             })?;
             done += n;
@@ -486,26 +486,37 @@ impl ImageState {
                 && p.map_valid
                 && self.head_map.lock().get(objno) == OBJECT_NONEXISTENT;
             if !skip {
-                self.modify(p, objno, |st, m| st.zero_object(m, p, objno, obj_off, n))?;
+                // No copy-up for zeroing: the head's zero markers shadow
+                // the parent, and snapshots still read through to it, so
+                // copying the parent's data would only be wasted I/O (a
+                // shrink of a clone would copy up the tail it discards).
+                self.modify(p, objno, false, |st, m| {
+                    st.zero_object(m, p, objno, obj_off, n)
+                })?;
             }
             pos += n;
         }
         Ok(())
     }
 
-    /// Runs `f` on object `objno` under its write lock, after copy-up, then
-    /// drops an emptied head generation and marks the object dirty.
+    /// Runs `f` on object `objno` under its write lock, after copy-up (when
+    /// `copy_up`: writes; zeroing needs none), then drops an emptied head
+    /// generation and marks the object dirty.
     fn modify(
         &self,
         p: &IoParams,
         objno: u64,
+        copy_up: bool,
         f: impl FnOnce(&Self, &mut ObjectMeta) -> Result<()>,
     ) -> Result<()> {
         let cell = self.cell(objno, p)?;
         let mut m = cell.write();
-        let res = self
-            .copy_up(&mut m, p, objno)
-            .and_then(|()| f(self, &mut m));
+        let res = if copy_up {
+            self.copy_up(&mut m, p, objno)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| f(self, &mut m));
         if m.drop_if_empty(p.seq) {
             self.pending_removes.lock().push((objno, p.seq));
         }
@@ -1207,7 +1218,7 @@ impl ImageState {
         for objno in 0..n {
             let _g = self.gate.read();
             let p = self.params();
-            self.modify(&p, objno, |_, _| Ok(()))?;
+            self.modify(&p, objno, true, |_, _| Ok(()))?;
             progress.inc(1);
         }
         progress.finish();

@@ -265,8 +265,9 @@ pub fn human_size(bytes: u64) -> String {
     }
     if u == 0 {
         format!("{bytes} B")
-    } else if (v - v.round()).abs() < 0.005 {
-        format!("{} {}", v.round() as u64, UNITS[u])
+    } else if bytes.is_multiple_of(1u64 << (10 * u)) {
+        // Exact only: "4 MiB" must never stand for 4 MiB + 4 KiB.
+        format!("{} {}", bytes >> (10 * u), UNITS[u])
     } else {
         format!("{v:.2} {}", UNITS[u])
     }
@@ -328,5 +329,7 @@ mod tests {
         assert_eq!(human_size(512), "512 B");
         assert_eq!(human_size(1 << 30), "1 GiB");
         assert_eq!(human_size(1536), "1.50 KiB");
+        assert_eq!(human_size((4 << 20) + 4096), "4.00 MiB");
+        assert_eq!(human_size(5 << 20), "5 MiB");
     }
 }

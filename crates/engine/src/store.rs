@@ -533,56 +533,62 @@ impl Store {
     pub fn remove(&self, spec: &ImageSpec) -> Result<()> {
         let _op = self.op_lock.lock();
         let spec = spec.image_only();
-        let st = self.state(&spec)?;
-        let rec = st.record();
+        // Read the record without opening the image: an image this build
+        // cannot open (unknown features) can still be removed.
+        let (pool, id, rec) = self.raw_record(&spec)?;
         if !rec.snaps.is_empty() {
             return Err(Error::HasSnapshots {
                 spec: spec.to_string(),
                 count: rec.snaps.len(),
             });
         }
-        if Arc::strong_count(&st) > 2 {
-            return Err(Error::InvalidArgument(format!(
-                "image {spec} is open elsewhere in this process; close it first"
-            )));
+        if let Some(st) = self.shared.images.lock().get(&(pool.id, id)) {
+            if Arc::strong_count(st) > 1 {
+                return Err(Error::InvalidArgument(format!(
+                    "image {spec} is open elsewhere in this process; close it first"
+                )));
+            }
         }
         let mut ops = vec![
             MetaOp::Delete {
                 table: keys::IMAGES,
-                key: keys::k2(st.pool.id, st.id),
+                key: keys::k2(pool.id, id),
             },
             MetaOp::Delete {
                 table: keys::NAMES,
-                key: keys::name_key(st.pool.id, &spec.image),
+                key: keys::name_key(pool.id, &spec.image),
             },
         ];
-        for (key, _) in self
-            .meta()
-            .scan(keys::OBJECTS, &keys::k2(st.pool.id, st.id))?
-        {
-            ops.push(MetaOp::Delete {
-                table: keys::OBJECTS,
-                key,
-            });
-        }
-        for (key, _) in self
-            .meta()
-            .scan(keys::OBJMAP, &keys::k2(st.pool.id, st.id))?
-        {
-            ops.push(MetaOp::Delete {
-                table: keys::OBJMAP,
-                key,
-            });
+        for table in [keys::OBJECTS, keys::OBJMAP] {
+            for (key, _) in self.meta().scan(table, &keys::k2(pool.id, id))? {
+                ops.push(MetaOp::Delete { table, key });
+            }
         }
         self.meta().commit(ops)?;
-        self.shared.images.lock().remove(&(st.pool.id, st.id));
+        self.shared.images.lock().remove(&(pool.id, id));
         // Data goes after the metadata: a crash in between leaves orphan
         // objects that `check --repair` removes, never a record without data.
-        for name in st.data.list(&format!("{:08x}/", st.id))? {
-            st.data.remove(&name)?;
+        let data = self.shared.pool_data(&pool)?;
+        for name in data.list(&format!("{id:08x}/"))? {
+            data.remove(&name)?;
         }
-        st.data.sync()?;
+        data.sync()?;
         Ok(())
+    }
+
+    /// An image's pool, id and record, read without opening the image.
+    fn raw_record(&self, spec: &ImageSpec) -> Result<(PoolRecord, u64, ImageRecord)> {
+        let pool = self.pool(&spec.pool)?;
+        let id = self.image_id(&pool, spec)?;
+        let bytes = self
+            .meta()
+            .get(keys::IMAGES, &keys::k2(pool.id, id))?
+            .ok_or_else(|| Error::Corrupt {
+                what: spec.image_only().to_string(),
+                detail: "the name has no image record".into(),
+            })?;
+        let rec = record::decode(Kind::Image, &spec.image_only().to_string(), &bytes)?;
+        Ok((pool, id, rec))
     }
 
     /// Renames an image within its pool.
@@ -637,10 +643,18 @@ impl Store {
                     to: new_size,
                 });
             }
-            // Discard the tail first (through the normal data path, so copy-up
-            // and snapshots are honoured), then commit the smaller size; both
-            // under the barrier, else a write landing in between survived the
-            // shrink and reappeared on the next grow.
+            // A clone first stops reading its parent beyond the new size, as
+            // rbd shrinks the overlap: then the tail needs no zero markers
+            // and nothing is copied up.
+            let mut rec = st.record();
+            if rec.parent_overlap.is_some_and(|ov| ov > new_size) {
+                rec.parent_overlap = Some(new_size);
+                st.commit_record(rec, vec![])?;
+            }
+            // Discard the tail (through the normal data path, so snapshots
+            // are honoured), then commit the smaller size; both under the
+            // barrier, else a write landing in between survived the shrink
+            // and reappeared on the next grow.
             st.zero_under_barrier(new_size, old - new_size)?;
         }
         let mut rec = st.record();
@@ -838,10 +852,11 @@ impl Store {
         let mut rec = st.record();
         if let Some(l) = limit {
             if (rec.snaps.len() as u64) > l {
-                return Err(Error::InvalidArgument(format!(
-                    "{spec} already has {} snapshots, more than the limit {l}; remove some first",
-                    rec.snaps.len()
-                )));
+                return Err(Error::LimitBelowCount {
+                    spec: spec.to_string(),
+                    count: rec.snaps.len(),
+                    limit: l,
+                });
             }
         }
         rec.snap_limit = limit;
@@ -936,6 +951,12 @@ impl Store {
                 });
             }
         }
+        if !enable {
+            let (pool, id, rec) = self.raw_record(&spec)?;
+            if !Features(rec.features).minus(Features::SUPPORTED).is_empty() {
+                return self.feature_disable_unopenable(&pool, id, rec, features);
+            }
+        }
         let st = self.state(&spec)?;
         let mut rec = st.record();
         let old = Features(rec.features);
@@ -983,6 +1004,40 @@ impl Store {
             st.reclaim_and_remap(vec![], &NoProgress)?;
         }
         st.reload_map()
+    }
+
+    /// Incident 2: an image that needs features this build lacks cannot be
+    /// opened, but the features can be dropped from its record (the command
+    /// the refusal names). Metadata only; object maps go with object-map.
+    fn feature_disable_unopenable(
+        &self,
+        pool: &PoolRecord,
+        id: u64,
+        mut rec: ImageRecord,
+        features: Features,
+    ) -> Result<()> {
+        let old = Features(rec.features);
+        let new = old.minus(features);
+        new.check_dependencies()?;
+        rec.features = new.0;
+        let mut ops = Vec::new();
+        if old.contains(Features::OBJECT_MAP) && !new.contains(Features::OBJECT_MAP) {
+            rec.flags &= !(record::FLAG_OBJECT_MAP_INVALID | record::FLAG_FAST_DIFF_INVALID);
+            for (key, _) in self.meta().scan(keys::OBJMAP, &keys::k2(pool.id, id))? {
+                ops.push(MetaOp::Delete {
+                    table: keys::OBJMAP,
+                    key,
+                });
+            }
+        }
+        ops.push(MetaOp::Put {
+            table: keys::IMAGES,
+            key: keys::k2(pool.id, id),
+            value: record::encode(Kind::Image, &rec),
+        });
+        self.meta().commit(ops)?;
+        self.shared.images.lock().remove(&(pool.id, id));
+        Ok(())
     }
 
     /// Recomputes every object map of the image from its object records.

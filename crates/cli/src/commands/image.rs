@@ -207,7 +207,17 @@ pub fn feature(ctx: &Ctx, cmd: FeatureCmd) -> Result<()> {
         FeatureCmd::Disable(a) => (a, false),
     };
     let spec = image_spec(&a.spec)?;
-    let features = parse_features(&a.features)?.unwrap_or(Features(0));
+    // Disabling accepts bits this build does not know (incident 2: the
+    // refusal to open such an image names this very command).
+    let features = if enable {
+        parse_features(&a.features)?.unwrap_or(Features(0))
+    } else {
+        let mut f = Features(0);
+        for item in &a.features {
+            f = f.union(Features::parse_lenient(item)?);
+        }
+        f
+    };
     if features.is_empty() {
         return Err(CliError::invalid("no feature named"));
     }

@@ -128,8 +128,6 @@ fn flatten_with_snapshots_keeps_object_maps_valid() {
 /// Shrinking a clone only needs a smaller overlap (as in rbd), not a
 /// copy-up of the parent's data in the discarded tail.
 #[test]
-#[ignore = "engine inefficiency (reported): shrinking a clone copies up the discarded tail \
-            and leaves object records beyond the size"]
 fn shrinking_a_clone_copies_nothing() {
     let e = Env::new();
     e.ok(&["create", "base", "--size", "4M", "--order", "20"]);

@@ -123,7 +123,6 @@ fn incident2_unknown_feature_names_feature_and_command() {
 
 /// The command incident 2's error message suggests must work.
 #[test]
-#[ignore = "engine bug (reported): `feature disable` cannot parse or apply unknown feature bits"]
 fn incident2_suggested_command_works() {
     let e = Env::new();
     e.ok(&["create", "img", "--size", "1M"]);

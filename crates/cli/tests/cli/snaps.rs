@@ -127,8 +127,8 @@ fn snapshot_limit() {
     assert!(err.contains("vdisk snap limit set"), "{err}");
     e.refused(
         &["snap", "limit", "set", "img", "--limit", "1"],
-        USAGE,
-        "more than the limit",
+        REFUSED,
+        "more than the requested limit",
     );
     e.ok(&["snap", "limit", "clear", "img"]);
     assert!(e.json(&["info", "img"])["snap_limit"].is_null());
