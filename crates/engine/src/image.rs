@@ -446,7 +446,7 @@ impl ImageState {
             let objno = abs / p.obj_size;
             let obj_off = abs % p.obj_size;
             let n = ((p.obj_size - obj_off) as usize).min(data.len() - done);
-            self.modify(&p, objno, true, |st, m| {
+            self.modify(&p, objno, |st, m| {
                 st.write_object(m, &p, objno, obj_off, &data[done..done + n])
             })?;
             done += n;
@@ -486,37 +486,30 @@ impl ImageState {
                 && p.map_valid
                 && self.head_map.lock().get(objno) == OBJECT_NONEXISTENT;
             if !skip {
-                // No copy-up for zeroing: the head's zero markers shadow
-                // the parent, and snapshots still read through to it, so
-                // copying the parent's data would only be wasted I/O (a
-                // shrink of a clone would copy up the tail it discards).
-                self.modify(p, objno, false, |st, m| {
-                    st.zero_object(m, p, objno, obj_off, n)
-                })?;
+                // Zeroing copies up too. Without it, a later copy-up made
+                // for a snapshot with a larger overlap (taken before a
+                // shrink) would write the parent's block into generation 0,
+                // where the head, which had discarded it, would see it again.
+                self.modify(p, objno, |st, m| st.zero_object(m, p, objno, obj_off, n))?;
             }
             pos += n;
         }
         Ok(())
     }
 
-    /// Runs `f` on object `objno` under its write lock, after copy-up (when
-    /// `copy_up`: writes; zeroing needs none), then drops an emptied head
-    /// generation and marks the object dirty.
+    /// Runs `f` on object `objno` under its write lock, after copy-up, then
+    /// drops an emptied head generation and marks the object dirty.
     fn modify(
         &self,
         p: &IoParams,
         objno: u64,
-        copy_up: bool,
         f: impl FnOnce(&Self, &mut ObjectMeta) -> Result<()>,
     ) -> Result<()> {
         let cell = self.cell(objno, p)?;
         let mut m = cell.write();
-        let res = if copy_up {
-            self.copy_up(&mut m, p, objno)
-        } else {
-            Ok(())
-        }
-        .and_then(|()| f(self, &mut m));
+        let res = self
+            .copy_up(&mut m, p, objno)
+            .and_then(|()| f(self, &mut m));
         if m.drop_if_empty(p.seq) {
             self.pending_removes.lock().push((objno, p.seq));
         }
@@ -544,15 +537,26 @@ impl ImageState {
         self.read_parent(start, &mut buf[..len as usize])?;
         let name = self.name(objno, 0);
         let nblocks = buf.len() / BLOCK as usize;
+        // Copy only blocks some reader still reads through to the parent: a
+        // block the head (or a snapshot) already defines would be shadowed
+        // in generation 0 and needed by nobody.
+        let wanted = |i: usize| {
+            let abs = start + ((i as u64) << BLOCK_SHIFT);
+            std::iter::once(&p.head)
+                .chain(&p.snaps)
+                .any(|v| v.overlap.is_some_and(|ov| abs < ov) && m.resolve(v, i) == Source::Below)
+        };
+        let copy: Vec<bool> = (0..nblocks)
+            .map(|i| wanted(i) && !is_zero(&buf[i * BLOCK as usize..(i + 1) * BLOCK as usize]))
+            .collect();
         let mut b = 0;
         while b < nblocks {
-            let blk = |i: usize| &buf[i * BLOCK as usize..(i + 1) * BLOCK as usize];
-            if is_zero(blk(b)) {
+            if !copy[b] {
                 b += 1;
                 continue;
             }
             let s = b;
-            while b < nblocks && !is_zero(blk(b)) {
+            while b < nblocks && copy[b] {
                 b += 1;
             }
             self.data.write_at(
@@ -1218,7 +1222,7 @@ impl ImageState {
         for objno in 0..n {
             let _g = self.gate.read();
             let p = self.params();
-            self.modify(&p, objno, true, |_, _| Ok(()))?;
+            self.modify(&p, objno, |_, _| Ok(()))?;
             progress.inc(1);
         }
         progress.finish();

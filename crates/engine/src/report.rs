@@ -254,10 +254,18 @@ impl Store {
             )));
         }
         let from_view = snap_view(fs);
-        let candidates = self.diff_candidates(st, &rec, fs.id, to_id)?;
+        let mut candidates = self.diff_candidates(st, &rec, fs.id, to_id)?;
         let p = st.params();
         let mut out: Vec<DiffExtent> = Vec::new();
         let objs = size.div_ceil(p.obj_size);
+        // Where the two readers' parent overlaps differ (a clone shrunk in
+        // between), content changed between "parent" and "zero" with no
+        // record of this image saying so.
+        let (a, b) = (from_view.overlap.unwrap_or(0), to_view.overlap.unwrap_or(0));
+        if a != b {
+            let (lo, hi) = (a.min(b), a.max(b).min(size));
+            candidates.extend((lo / p.obj_size)..hi.div_ceil(p.obj_size));
+        }
         for objno in candidates.into_iter().filter(|o| *o < objs) {
             let cell_meta = st_object(st, objno)?;
             for b in 0..cell_meta.blocks() {

@@ -360,9 +360,9 @@ mod tests {
         // Writing to the first object copies it up: the parent's data is in
         // the clone now, the rest of that object is a hole of the clone's.
         child.write_at(40 * K, &vec![1u8; 4 * K as usize]).unwrap();
-        // Zeroing parent data in an object not yet copied up copies nothing:
-        // a zero marker shadows the parent's block, the rest of the object
-        // still reads through to the parent.
+        // Zeroing parent data in an object not yet copied up copies it up,
+        // then drops the zeroed block (no snapshot of the clone needs it, and
+        // the copied-up object no longer reads through): a hole.
         child.write_zeroes(192 * K, 4 * K).unwrap();
         assert_eq!(
             child.block_status(0, 256 * K).unwrap(),
@@ -370,20 +370,19 @@ mod tests {
                 data(32 * K),
                 hole(8 * K),
                 data(4 * K),
-                hole(148 * K),
-                zero(4 * K),
+                hole(152 * K),
                 data(4 * K),
                 hole(56 * K),
             ]
         );
-        // With a snapshot of the clone still reading the parent's data,
-        // zeroing the next block records a zero marker too.
+        // With a snapshot of the clone still seeing the copied-up data,
+        // zeroing it must record a zero marker instead.
         s.snap_create(&ImageSpec::parse("child@c1").unwrap())
             .unwrap();
         child.write_zeroes(196 * K, 4 * K).unwrap();
         assert_eq!(
             child.block_status(192 * K, 64 * K).unwrap(),
-            vec![zero(8 * K), hole(56 * K)]
+            vec![hole(4 * K), zero(4 * K), hole(56 * K)]
         );
         assert_consistent(&child);
         // Growing the clone past the overlap: the new range is a hole.

@@ -644,8 +644,8 @@ impl Store {
                 });
             }
             // A clone first stops reading its parent beyond the new size, as
-            // rbd shrinks the overlap: then the tail needs no zero markers
-            // and nothing is copied up.
+            // rbd shrinks the overlap: without a snapshot that still reads
+            // further, the tail then needs no copy-up and no zero markers.
             let mut rec = st.record();
             if rec.parent_overlap.is_some_and(|ov| ov > new_size) {
                 rec.parent_overlap = Some(new_size);

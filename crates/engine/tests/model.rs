@@ -853,3 +853,44 @@ proptest! {
         run_case(order, size_sectors, &ops);
     }
 }
+
+/// Minimal case from a long run: a clone with a snapshot (larger overlap)
+/// is shrunk, written, and grown again; the discarded tail must read zero,
+/// not the parent's data brought back by a later copy-up for the snapshot.
+#[test]
+fn regression_shrunk_clone_with_older_snapshot_regrows_zero() {
+    let w = |img, kind, a, b| Op::Write {
+        img,
+        range: R { kind, a, b },
+        pat: 0,
+        seed: 0,
+    };
+    let ops = vec![
+        w(0, 2, 310785944991352981, 14230133820006000),
+        Op::SnapCreate { img: 0 },
+        Op::Clone {
+            img: 0,
+            snap: 0,
+            order: 13,
+        },
+        Op::SnapCreate { img: 0 },
+        Op::SnapCreate { img: 5 },
+        Op::Clone {
+            img: 0,
+            snap: 0,
+            order: 12,
+        },
+        Op::Resize {
+            img: 190,
+            sectors: 60136,
+            shrink_ok: true,
+        },
+        w(46, 3, 0, 0),
+        Op::Resize {
+            img: 43,
+            sectors: 49,
+            shrink_ok: false,
+        },
+    ];
+    run_case(12, 57, &ops);
+}
