@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! objmap key:  pool id | image id | snap id (u64::MAX = head) | chunk no   (u64 BE each)
-//! value:       CHUNK_OBJECTS/4 bytes; object i of the chunk in byte i/4,
+//! value:       CHUNK_OBJECTS/4 = 2048 bytes; object i of the chunk in byte i/4,
 //!              bits (i%4)*2 .. +2  (0 nonexistent, 1 exists, 2 pending, 3 exists-clean)
 //! ```
 //! A missing chunk means every object in it is nonexistent.
@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use vdisk_storage::{MetaOp, MetaStore};
 
 /// Objects per stored chunk.
-pub const CHUNK_OBJECTS: u64 = 32768;
+pub const CHUNK_OBJECTS: u64 = 8192;
 const CHUNK_BYTES: usize = (CHUNK_OBJECTS / 4) as usize;
 /// Snapshot id used for the head's map.
 pub const HEAD: u64 = u64::MAX;
@@ -81,13 +81,28 @@ impl ObjectMap {
     /// Replaces every `from` state with `to` (e.g. exists → exists-clean
     /// when a snapshot is taken).
     pub fn replace_all(&mut self, from: u8, to: u8) {
-        let hits: Vec<u64> = self
-            .iter()
-            .filter(|&(_, s)| s == from)
-            .map(|(o, _)| o)
-            .collect();
-        for o in hits {
-            self.set(o, to);
+        // A byte holds four states: map every byte through a table instead
+        // of visiting objects one by one (snapshot create runs this; it
+        // must not cost per object of the image).
+        let mut table = [0u8; 256];
+        for (b, t) in table.iter_mut().enumerate() {
+            let mut out = 0u8;
+            for k in 0..4 {
+                let st = (b as u8 >> (k * 2)) & 3;
+                out |= (if st == from { to & 3 } else { st }) << (k * 2);
+            }
+            *t = out;
+        }
+        for (c, v) in self.chunks.iter_mut() {
+            let mut changed = false;
+            for byte in v.iter_mut() {
+                let n = table[*byte as usize];
+                changed |= n != *byte;
+                *byte = n;
+            }
+            if changed {
+                self.dirty.insert(*c);
+            }
         }
     }
 
