@@ -23,6 +23,8 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked 2>&1 | tee /tmp/vdisk-test.log
-# One closing line for the whole run.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "vdisk: %d passed, %d failed\n", p, f }' /tmp/vdisk-test.log
+echo "== short fuzzing (FUZZ_SECONDS=${FUZZ_SECONDS:-20} per target)"
+./scripts/fuzz-short.sh 2>&1 | tee /tmp/vdisk-fuzz.log
+# One closing line for the whole run (cargo's test results plus fuzz targets).
+awk '/^test result:|^fuzz:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "vdisk: %d passed, %d failed\n", p, f }' /tmp/vdisk-test.log /tmp/vdisk-fuzz.log
