@@ -1,7 +1,14 @@
 //! Command-line definitions (clap derive). The doc comments are the
 //! `--help` text.
+//!
+//! The commands are also the documents of the management API: the CLI
+//! sends the [`Command`] it parsed, as JSON, to a running daemon, which
+//! runs the same code on it (`POST /v1/commands`, docs/CLI.md). Variants
+//! are kebab-case (`{"object-map": {"check": {"spec": "rbd/a"}}}`), fields
+//! snake_case; optional fields may be left out; unknown fields are refused.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// vdisk: a store for virtual-machine disks, with rbd's conventions.
@@ -41,7 +48,8 @@ pub struct Cli {
 }
 
 /// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Text for people (tables like rbd's)
     Plain,
@@ -49,7 +57,8 @@ pub enum Format {
     Json,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Subcommand, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Command {
     /// Manage pools (named places for images)
     #[command(subcommand)]
@@ -101,7 +110,10 @@ pub enum Command {
     Children(SpecArg),
 
     /// Copy into a clone everything it reads from its parent, and detach it
-    Flatten(SpecArg),
+    ///
+    /// With a running daemon it runs as a background job (`vdisk status`
+    /// shows its progress); the command waits for the job unless --no-wait.
+    Flatten(FlattenArgs),
 
     /// List the extents that differ from a snapshot (or all data extents)
     Diff(DiffArgs),
@@ -124,12 +136,20 @@ pub enum Command {
     /// Measure I/O performance on an image, like `rbd bench`
     Bench(BenchArgs),
 
+    /// Show the running daemon: connected clients and jobs (of SPEC only, if given)
+    Status(StatusArgs),
+
     /// Serve images and snapshots over NBD (runs in the foreground, logs to stderr)
     ///
     /// Export names are image specs: `rbd/IMAGE`, `rbd/IMAGE@SNAP` (read-only),
     /// and for the default pool also `IMAGE`, `IMAGE@SNAP`. Clients connect with
     /// e.g. `qemu -drive file=nbd://127.0.0.1:10809/rbd/IMAGE` or
     /// `nbd+unix:///rbd/IMAGE?socket=DIR/nbd.sock`.
+    ///
+    /// While it runs, other `vdisk` commands on the same data directory are
+    /// sent to it through its management API (DIR/api.sock, mode 0600) and
+    /// work as usual; `vdisk status` lists its clients and jobs. One client
+    /// writes an image at a time unless --shared.
     ///
     /// SIGTERM or SIGINT stops it: in-flight requests finish, every image is
     /// flushed, exit status 0. Log verbosity: VDISK_LOG (e.g. `debug`,
@@ -139,7 +159,8 @@ pub enum Command {
 
 // ------------------------------------------------------------------ pools
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Subcommand, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum PoolCmd {
     /// Create a pool
     Create {
@@ -147,6 +168,7 @@ pub enum PoolCmd {
         name: String,
         /// Keep the pool's data objects in this directory instead of DIR/pools/NAME
         #[arg(long, value_name = "DIR")]
+        #[serde(default)]
         path: Option<PathBuf>,
     },
     /// List pools
@@ -154,6 +176,7 @@ pub enum PoolCmd {
     Ls {
         /// Long listing: id, image count and data location
         #[arg(short = 'l', long)]
+        #[serde(default)]
         long: bool,
     },
     /// Remove an empty pool
@@ -167,27 +190,16 @@ pub enum PoolCmd {
 // ----------------------------------------------------------------- images
 
 /// One image or snapshot spec.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SpecArg {
     /// [POOL/]IMAGE[@SNAP]
     #[arg(value_name = "SPEC")]
     pub spec: String,
 }
 
-/// `--order` and `--features` for new images.
-#[derive(Debug, Args)]
-pub struct NewImageOpts {
-    /// Object size as a power of two, 12 (4 KiB) to 25 (32 MiB) [default: from vdisk.toml, else 22]
-    #[arg(long, value_name = "ORDER", value_parser = clap::value_parser!(u8).range(12..=25))]
-    pub order: Option<u8>,
-
-    /// Features: comma-separated names (layering,exclusive-lock,object-map,fast-diff,deep-flatten)
-    /// or a number such as 61; may be repeated [default: from vdisk.toml, else 61]
-    #[arg(long, visible_alias = "image-feature", value_name = "LIST|NUM")]
-    pub features: Vec<String>,
-}
-
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateArgs {
     /// [POOL/]IMAGE
     #[arg(value_name = "SPEC")]
@@ -197,22 +209,34 @@ pub struct CreateArgs {
     #[arg(short = 's', long, value_name = "SIZE", allow_hyphen_values = true)]
     pub size: String,
 
-    #[command(flatten)]
-    pub opts: NewImageOpts,
+    /// Object size as a power of two, 12 (4 KiB) to 25 (32 MiB) [default: from vdisk.toml, else 22]
+    #[arg(long, value_name = "ORDER", value_parser = clap::value_parser!(u8).range(12..=25))]
+    #[serde(default)]
+    pub order: Option<u8>,
+
+    /// Features: comma-separated names (layering,exclusive-lock,object-map,fast-diff,deep-flatten)
+    /// or a number such as 61; may be repeated [default: from vdisk.toml, else 61]
+    #[arg(long, visible_alias = "image-feature", value_name = "LIST|NUM")]
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LsArgs {
     /// Pool [default: rbd]
     #[arg(value_name = "POOL")]
+    #[serde(default)]
     pub pool: Option<String>,
 
     /// Long listing (NAME SIZE PARENT FMT PROT LOCK), snapshots included
     #[arg(short = 'l', long)]
+    #[serde(default)]
     pub long: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RenameArgs {
     /// [POOL/]IMAGE to rename
     #[arg(value_name = "SRC")]
@@ -222,7 +246,8 @@ pub struct RenameArgs {
     pub dst: String,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResizeArgs {
     /// [POOL/]IMAGE
     #[arg(value_name = "SPEC")]
@@ -234,21 +259,26 @@ pub struct ResizeArgs {
 
     /// Allow making the image smaller (discards the data beyond the new size)
     #[arg(long)]
+    #[serde(default)]
     pub allow_shrink: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DuArgs {
     /// [POOL/]IMAGE[@SNAP] [default: every image of the pool]
     #[arg(value_name = "SPEC")]
+    #[serde(default)]
     pub spec: Option<String>,
 
     /// Pool to report on when no SPEC is given [default: rbd]
     #[arg(short = 'p', long, value_name = "POOL", conflicts_with = "spec")]
+    #[serde(default)]
     pub pool: Option<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CpArgs {
     /// Source: [POOL/]IMAGE[@SNAP]
     #[arg(value_name = "SRC")]
@@ -258,7 +288,8 @@ pub struct CpArgs {
     pub dst: String,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImportArgs {
     /// Raw file or block device to read, or `-` for standard input
     #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
@@ -266,13 +297,23 @@ pub struct ImportArgs {
 
     /// Image to create: [POOL/]IMAGE [default: the file's base name]
     #[arg(value_name = "SPEC")]
+    #[serde(default)]
     pub spec: Option<String>,
 
-    #[command(flatten)]
-    pub opts: NewImageOpts,
+    /// Object size as a power of two, 12 (4 KiB) to 25 (32 MiB) [default: from vdisk.toml, else 22]
+    #[arg(long, value_name = "ORDER", value_parser = clap::value_parser!(u8).range(12..=25))]
+    #[serde(default)]
+    pub order: Option<u8>,
+
+    /// Features: comma-separated names (layering,exclusive-lock,object-map,fast-diff,deep-flatten)
+    /// or a number such as 61; may be repeated [default: from vdisk.toml, else 61]
+    #[arg(long, visible_alias = "image-feature", value_name = "LIST|NUM")]
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExportArgs {
     /// [POOL/]IMAGE[@SNAP]
     #[arg(value_name = "SPEC")]
@@ -284,12 +325,14 @@ pub struct ExportArgs {
 
     /// Overwrite FILE if it exists (needed for block devices too)
     #[arg(long)]
+    #[serde(default)]
     pub force: bool,
 }
 
 // -------------------------------------------------------------- snapshots
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Subcommand, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SnapCmd {
     /// Take a snapshot (instant; contains every write completed before it)
     #[command(visible_alias = "add")]
@@ -310,8 +353,11 @@ pub enum SnapCmd {
         dst: String,
     },
     /// Make the image equal to a snapshot again (discards later writes)
+    ///
+    /// Refused while clients have the image open read-write through the
+    /// daemon (their disk would change under them), unless --force.
     #[command(visible_alias = "revert")]
-    Rollback(SpecArg),
+    Rollback(RollbackArgs),
     /// Protect a snapshot from removal (needed before cloning it)
     Protect(SpecArg),
     /// Unprotect a snapshot (refused while it has clones)
@@ -323,7 +369,21 @@ pub enum SnapCmd {
     Limit(LimitCmd),
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackArgs {
+    /// [POOL/]IMAGE@SNAP
+    #[arg(value_name = "SPEC")]
+    pub spec: String,
+
+    /// Roll back even while clients of the daemon write the image
+    #[arg(long)]
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum LimitCmd {
     /// Set the limit
     Set {
@@ -344,7 +404,8 @@ pub enum LimitCmd {
 
 // ----------------------------------------------------------------- clones
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CloneArgs {
     /// Parent snapshot (protected): [POOL/]IMAGE@SNAP
     #[arg(value_name = "PARENT")]
@@ -355,27 +416,46 @@ pub struct CloneArgs {
 
     /// Object size as a power of two, 12 to 25 [default: the parent's]
     #[arg(long, value_name = "ORDER", value_parser = clap::value_parser!(u8).range(12..=25))]
+    #[serde(default)]
     pub order: Option<u8>,
 
     /// Features of the clone: names or a number (layering is required)
     /// [default: from vdisk.toml, else 61]
     #[arg(long, visible_alias = "image-feature", value_name = "LIST|NUM")]
+    #[serde(default)]
     pub features: Vec<String>,
+}
+
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlattenArgs {
+    /// [POOL/]IMAGE (a clone)
+    #[arg(value_name = "SPEC")]
+    pub spec: String,
+
+    /// With a running daemon: print the job id and return at once (follow
+    /// it with `vdisk status`)
+    #[arg(long)]
+    #[serde(default)]
+    pub no_wait: bool,
 }
 
 // ---------------------------------------------------------------- reports
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DiffArgs {
     /// [POOL/]IMAGE[@SNAP]
     #[arg(value_name = "SPEC")]
     pub spec: String,
     /// Older snapshot to compare against [default: none: every data extent]
     #[arg(long, value_name = "SNAP")]
+    #[serde(default)]
     pub from_snap: Option<String>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Subcommand, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ObjectMapCmd {
     /// Check an image's object maps against its objects (exit 7 on errors)
     Check(SpecArg),
@@ -383,7 +463,8 @@ pub enum ObjectMapCmd {
     Rebuild(SpecArg),
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Subcommand, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum FeatureCmd {
     /// Enable features (exclusive-lock, object-map, fast-diff)
     Enable(FeatureArgs),
@@ -391,7 +472,8 @@ pub enum FeatureCmd {
     Disable(FeatureArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FeatureArgs {
     /// [POOL/]IMAGE
     #[arg(value_name = "SPEC")]
@@ -401,7 +483,8 @@ pub struct FeatureArgs {
     pub features: Vec<String>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Subcommand, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum MetaCmd {
     /// Write a pool's metadata as JSON to FILE or standard output
     Backup {
@@ -413,6 +496,7 @@ pub enum MetaCmd {
         file: String,
         /// Overwrite FILE if it exists
         #[arg(long)]
+        #[serde(default)]
         force: bool,
     },
     /// Replace a pool's metadata with a backup (validated first; data untouched)
@@ -426,17 +510,20 @@ pub enum MetaCmd {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CheckArgs {
     /// Remove orphan data objects and rebuild wrong object maps, then check again
     #[arg(long)]
+    #[serde(default)]
     pub repair: bool,
 }
 
 // ------------------------------------------------------------------ bench
 
 /// Kind of I/O for `bench`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum IoType {
     Read,
     Write,
@@ -444,13 +531,15 @@ pub enum IoType {
 }
 
 /// Offset pattern for `bench`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum IoPattern {
     Seq,
     Rand,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BenchArgs {
     /// [POOL/]IMAGE (a snapshot for read-only runs)
     #[arg(value_name = "SPEC")]
@@ -462,30 +551,52 @@ pub struct BenchArgs {
 
     /// Bytes per I/O (a bare number is bytes)
     #[arg(long, default_value = "4K", value_name = "SIZE")]
+    #[serde(default = "default_io_size")]
     pub io_size: String,
 
     /// Concurrent I/O threads
     #[arg(long, default_value_t = 16, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[serde(default = "default_io_threads")]
     pub io_threads: u32,
 
     /// Total bytes to transfer (a bare number is bytes)
     #[arg(long, default_value = "1G", value_name = "SIZE")]
+    #[serde(default = "default_io_total")]
     pub io_total: String,
 
     /// seq or rand
     #[arg(long, value_enum, default_value_t = IoPattern::Seq)]
+    #[serde(default = "default_io_pattern")]
     pub io_pattern: IoPattern,
 
     /// Percentage of reads for readwrite
     #[arg(long, default_value_t = 50, value_name = "PCT",
           value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[serde(default = "default_rw_mix_read")]
     pub rw_mix_read: u8,
+}
+
+fn default_io_size() -> String {
+    "4K".into()
+}
+fn default_io_threads() -> u32 {
+    16
+}
+fn default_io_total() -> String {
+    "1G".into()
+}
+fn default_io_pattern() -> IoPattern {
+    IoPattern::Seq
+}
+fn default_rw_mix_read() -> u8 {
+    50
 }
 
 // ------------------------------------------------------------------ serve
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServeArgs {
     /// TCP address to listen on, ADDR:PORT (repeatable); `none` for no TCP
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10809")]
@@ -493,5 +604,26 @@ pub struct ServeArgs {
 
     /// Unix socket to listen on; `none` for no socket [default: DIR/nbd.sock]
     #[arg(long, value_name = "PATH")]
+    #[serde(default)]
     pub socket: Option<PathBuf>,
+
+    /// Let several clients write one image at once (only for guests that
+    /// coordinate, e.g. a cluster filesystem). Without it a second client
+    /// opening an image read-write is refused; one client's several
+    /// connections (multi-conn) are always allowed
+    #[arg(long)]
+    #[serde(default)]
+    pub shared: bool,
+}
+
+// ----------------------------------------------------------------- status
+
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusArgs {
+    /// [POOL/]IMAGE[@SNAP]: only its connections and jobs (an image's
+    /// covers its snapshots too)
+    #[arg(value_name = "SPEC")]
+    #[serde(default)]
+    pub spec: Option<String>,
 }

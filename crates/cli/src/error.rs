@@ -38,6 +38,29 @@ impl CliError {
         self
     }
 
+    /// A request refused in the current state (exit 5).
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Refused, message)
+    }
+
+    /// What the CLI prints on standard error for it.
+    pub fn render(&self) -> String {
+        let mut msg = format!("vdisk: error: {}\n", self.message);
+        if let Some(h) = &self.hint {
+            msg.push_str(&format!("vdisk: hint: {h}\n"));
+        }
+        msg
+    }
+
+    /// The error as the API reports it.
+    pub fn body(&self) -> vdisk_server::api::types::ErrorBody {
+        vdisk_server::api::types::ErrorBody {
+            kind: vdisk_server::api::types::kind_name(self.kind).into(),
+            message: self.message.clone(),
+            hint: self.hint.clone(),
+        }
+    }
+
     /// An I/O error on a file the user named; its kind follows the OS error
     /// (a missing file is "not found", an existing one "already exists").
     pub fn io(what: impl fmt::Display, e: std::io::Error) -> Self {
@@ -73,6 +96,15 @@ impl From<vdisk_server::Error> for CliError {
     }
 }
 
+impl From<vdisk_server::api::ClientError> for CliError {
+    fn from(e: vdisk_server::api::ClientError) -> Self {
+        CliError::new(ErrorKind::Io, e.to_string()).with_hint(
+            "the daemon (`vdisk serve`) may have stopped or restarted; \
+             `vdisk status` and the daemon's log tell what it did",
+        )
+    }
+}
+
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
@@ -92,18 +124,11 @@ impl fmt::Display for CliError {
 /// | 6 | unsupported by this build |
 /// | 7 | corrupt data or metadata; `check` found errors |
 /// | 8 | busy: data directory locked, drain timeout |
+///
+/// The daemon uses the same table (`vdisk_server::api::types::exit_code`)
+/// for the commands it runs.
 pub fn exit_code(kind: ErrorKind) -> u8 {
-    match kind {
-        ErrorKind::Io => 1,
-        ErrorKind::InvalidInput => 2,
-        ErrorKind::NotFound => 3,
-        ErrorKind::AlreadyExists => 4,
-        ErrorKind::Refused => 5,
-        ErrorKind::Unsupported => 6,
-        ErrorKind::Corrupt => 7,
-        ErrorKind::Busy => 8,
-        _ => 1,
-    }
+    vdisk_server::api::types::exit_code(kind)
 }
 
 /// Exit code of clap's own usage errors.

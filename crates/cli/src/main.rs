@@ -1,15 +1,19 @@
 //! `vdisk`: the command-line tool of the vdisk disk store.
 //!
 //! Thin on purpose: parse the command line ([`args`]), run the command
-//! ([`commands`]), turn errors into a message, a hint and an exit code
-//! ([`error::exit_code`]).
+//! ([`commands`]: here, or in a running daemon through [`remote`]), turn
+//! errors into a message, a hint and an exit code ([`error::exit_code`]).
+//! [`handler`] is the daemon's side: `vdisk serve` runs the commands its
+//! API receives with it.
 #![forbid(unsafe_code)]
 
 mod args;
 mod commands;
 mod error;
+mod handler;
 mod output;
 mod progress;
+mod remote;
 
 use clap::Parser;
 use std::io::Write;
@@ -26,15 +30,11 @@ fn main() -> ExitCode {
         }
     };
     match commands::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) if e.broken_pipe => ExitCode::SUCCESS,
         Err(e) => {
             // Not eprintln!: it panics when stderr is closed.
-            let mut msg = format!("vdisk: error: {}\n", e.message);
-            if let Some(h) = &e.hint {
-                msg.push_str(&format!("vdisk: hint: {h}\n"));
-            }
-            let _ = std::io::stderr().write_all(msg.as_bytes());
+            let _ = std::io::stderr().write_all(e.render().as_bytes());
             ExitCode::from(error::exit_code(e.kind))
         }
     }

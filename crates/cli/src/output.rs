@@ -1,36 +1,87 @@
 //! Printing: plain tables for people, JSON for programs. Everything goes
-//! through [`Out`], which reports a closed standard output as an error
-//! instead of panicking the way `println!` does.
+//! through [`Out`] (and warnings through [`Sink`]), which report a closed
+//! standard output as an error instead of panicking the way `println!`
+//! does, and which capture the output instead when the daemon runs the
+//! command for a client (the client prints it).
 
 use crate::args::Format;
 use crate::error::{CliError, Result};
 use serde::Serialize;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 
-/// Where results go (standard output), and in which format.
-#[derive(Debug, Clone, Copy)]
+/// Where text goes.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// The process's standard output.
+    Stdout,
+    /// The process's standard error.
+    Stderr,
+    /// A buffer (the daemon runs the command for a client).
+    Buffer(Arc<Mutex<Vec<u8>>>),
+}
+
+impl Sink {
+    /// A new, empty buffer.
+    pub fn buffer() -> Self {
+        Sink::Buffer(Arc::new(Mutex::new(Vec::new())))
+    }
+
+    /// Writes `bytes` whole.
+    pub fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout => {
+                let mut o = std::io::stdout().lock();
+                o.write_all(bytes).and_then(|_| o.flush())
+            }
+            Sink::Stderr => {
+                let mut o = std::io::stderr().lock();
+                o.write_all(bytes).and_then(|_| o.flush())
+            }
+            Sink::Buffer(b) => {
+                b.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// What a buffer holds, as text (empty for the standard streams).
+    pub fn take_string(&self) -> String {
+        match self {
+            Sink::Buffer(b) => {
+                let bytes = std::mem::take(&mut *b.lock().unwrap_or_else(|e| e.into_inner()));
+                String::from_utf8(bytes)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// Where results go (standard output, or a buffer), and in which format.
+#[derive(Debug, Clone)]
 pub struct Out {
     pub format: Format,
+    pub sink: Sink,
 }
 
 impl Out {
-    pub fn new(format: Format) -> Self {
-        Out { format }
+    pub fn new(format: Format, sink: Sink) -> Self {
+        Out { format, sink }
     }
 
     pub fn is_json(&self) -> bool {
         self.format == Format::Json
     }
 
-    /// Writes `text` to standard output as is.
+    /// Writes `text` as is.
     pub fn text(&self, text: &str) -> Result<()> {
-        let mut o = std::io::stdout().lock();
-        o.write_all(text.as_bytes())
-            .and_then(|_| o.flush())
-            .map_err(|e| CliError {
-                broken_pipe: e.kind() == std::io::ErrorKind::BrokenPipe,
-                ..CliError::io("writing standard output", e)
-            })
+        self.sink.write(text.as_bytes()).map_err(|e| CliError {
+            broken_pipe: e.kind() == std::io::ErrorKind::BrokenPipe,
+            ..CliError::io("writing standard output", e)
+        })
     }
 
     /// Writes one line.

@@ -3,7 +3,7 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vdisk_engine::Progress;
 
@@ -86,5 +86,44 @@ impl Drop for Bar {
     fn drop(&mut self) {
         // A failed command never calls `finish`: do not leave a bar behind.
         self.finish();
+    }
+}
+
+/// The progress of one command: a bar on this terminal, or (in the
+/// daemon) the progress of the job running the command.
+pub enum Prog {
+    Bar(Bar),
+    Shared(Arc<dyn Progress + Send + Sync>),
+}
+
+impl std::fmt::Debug for Prog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Prog::Bar(b) => b.fmt(f),
+            Prog::Shared(_) => f.write_str("Prog::Shared"),
+        }
+    }
+}
+
+impl Progress for Prog {
+    fn start(&self, what: &str, total: u64) {
+        match self {
+            Prog::Bar(b) => b.start(what, total),
+            Prog::Shared(p) => p.start(what, total),
+        }
+    }
+
+    fn inc(&self, n: u64) {
+        match self {
+            Prog::Bar(b) => b.inc(n),
+            Prog::Shared(p) => p.inc(n),
+        }
+    }
+
+    fn finish(&self) {
+        match self {
+            Prog::Bar(b) => b.finish(),
+            Prog::Shared(p) => p.finish(),
+        }
     }
 }

@@ -12,6 +12,8 @@ mod bad_input;
 mod bench;
 #[path = "cli/clones.rs"]
 mod clones;
+#[path = "cli/daemon.rs"]
+mod daemon;
 #[path = "cli/images.rs"]
 mod images;
 #[path = "cli/meta.rs"]

@@ -19,15 +19,27 @@ pub struct ServeConfig {
     pub socket: Option<PathBuf>,
     /// Resource limits.
     pub limits: Limits,
+    /// Several clients may write one image at once (`vdisk serve
+    /// --shared`). Off: a second read-write connection to an image from
+    /// another client is refused (see [`crate::registry`] for what "the
+    /// same client" means).
+    pub shared: bool,
+    /// Unix socket of the management API (`None`: no API). `vdisk serve`
+    /// puts it at `DIR/api.sock`, where the CLI looks for it. Created mode
+    /// 0600; a stale one is replaced, a live one refused.
+    pub api_socket: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
-    /// `127.0.0.1:10809`, no Unix socket, default limits.
+    /// `127.0.0.1:10809`, no Unix socket, default limits, one writer per
+    /// image, no API.
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))],
             socket: None,
             limits: Limits::default(),
+            shared: false,
+            api_socket: None,
         }
     }
 }

@@ -23,6 +23,13 @@
 //! multi-conn (one shared state per image, so a flush on any connection
 //! covers writes completed on all of them).
 //!
+//! Alongside the NBD listeners, a management API (HTTP/JSON on a Unix
+//! socket, see [`api`]) reports the connected clients, running jobs and
+//! per-export metrics kept in the [`registry::Registry`], and runs CLI
+//! commands against the same in-process store. One writer per image: a
+//! second client opening an image head is refused unless
+//! [`ServeConfig::shared`] (see [`registry`]).
+//!
 //! Testable in one process, like mini-redis: [`Server::bind`] on
 //! `127.0.0.1:0` and a socket in a temporary directory, then
 //! [`Server::serve`] with a future that completes at shutdown.
@@ -33,6 +40,8 @@
 //!     listen: vec!["127.0.0.1:0".parse().unwrap()],
 //!     socket: Some("/tmp/vdisk-demo.sock".into()),
 //!     limits: Default::default(),
+//!     shared: false,
+//!     api_socket: Some("/tmp/vdisk-demo-api.sock".into()),
 //! };
 //! let server = vdisk_server::Server::bind(store, cfg).await?;
 //! println!("serving on {:?}", server.local_addrs());
@@ -42,15 +51,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 mod config;
 mod error;
 mod exports;
 mod negotiate;
+pub mod registry;
 mod server;
 mod transmission;
 
 pub use config::{parse_listen, Limits, ServeConfig, DEFAULT_PORT};
 pub use error::{Error, Result};
+pub use registry::Registry;
 pub use server::Server;
 
 use std::future::Future;

@@ -1,10 +1,13 @@
 //! Drives the sans-IO [`ServerHandshake`] over a socket and answers its
-//! events from the store.
+//! events from the store. The export a client enters transmission on is
+//! registered here ([`Registry::conn_opened`]), which is also where a
+//! second writer of an image is refused (one writer per image).
 
 use crate::exports::{self, Refusal};
+use crate::registry::{ConnGuard, ImageRef, Peer, Registry};
 use crate::Limits;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::debug;
+use tracing::{debug, info};
 use vdisk_engine::{Image, Store};
 use vdisk_nbd::consts::{INFO_DESCRIPTION, INFO_NAME};
 use vdisk_nbd::{
@@ -18,8 +21,9 @@ const PREFERRED_BLOCK: u32 = 4096;
 /// a sector is what every client expects).
 const MINIMUM_BLOCK: u32 = 512;
 
-/// How a handshake ended.
+/// How a handshake ended (once per connection: its size does not matter).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Outcome {
     /// The client entered transmission on `image`.
     Transmission {
@@ -28,6 +32,8 @@ pub(crate) enum Outcome {
         /// Request bytes the client sent along with the end of the
         /// handshake.
         leftover: Vec<u8>,
+        /// The connection's registration; dropping it unregisters it.
+        conn: ConnGuard,
     },
     /// The client aborted, went away, or asked for an export that does not
     /// exist with `NBD_OPT_EXPORT_NAME` (which has no error reply).
@@ -45,12 +51,22 @@ pub(crate) enum NegotiateError {
     Internal(String),
 }
 
+/// Who is negotiating, for the registry.
+#[derive(Debug, Clone)]
+pub(crate) struct Client<'a> {
+    pub registry: &'a Registry,
+    /// Connection id ([`Registry::next_conn_id`]).
+    pub id: u64,
+    pub peer: &'a Peer,
+}
+
 /// Runs the handshake to its end. The caller bounds it in time.
 pub(crate) async fn negotiate<R, W>(
     rd: &mut R,
     wr: &mut W,
     store: &Store,
     limits: &Limits,
+    client: Client<'_>,
 ) -> Result<Outcome, NegotiateError>
 where
     R: AsyncRead + Unpin,
@@ -59,8 +75,9 @@ where
     let mut hs = ServerHandshake::new(HandshakeConfig::default());
     wr.write_all(&hs.initial_bytes()).await?;
     wr.flush().await?;
-    // The image the last successful NBD_OPT_GO / EXPORT_NAME resolved.
-    let mut chosen: Option<Image> = None;
+    // The image the last successful NBD_OPT_GO / EXPORT_NAME resolved,
+    // registered.
+    let mut chosen: Option<(Image, ConnGuard)> = None;
     let mut buf = vec![0u8; 16 * 1024];
     let mut progress = hs.feed(&[])?;
     loop {
@@ -79,18 +96,14 @@ where
                 debug!(?handled, "option answered");
                 wr.write_all(&bytes).await?;
             }
-            Progress::Event(event) => match answer(&mut hs, event, store, limits).await? {
-                Answer::Send(bytes, image) => {
-                    if image.is_some() {
-                        chosen = image;
+            Progress::Event(event) => match answer(&mut hs, event, store, limits, &client).await? {
+                Answer::Send(bytes, opened) => {
+                    if opened.is_some() {
+                        chosen = opened;
                     }
                     wr.write_all(&bytes).await?;
                 }
-                Answer::HangUp => {
-                    return Ok(Outcome::Closed(
-                        "client asked for an unknown export with NBD_OPT_EXPORT_NAME",
-                    ))
-                }
+                Answer::HangUp(why) => return Ok(Outcome::Closed(why)),
             },
             Progress::Abort { bytes } => {
                 // The client may already be gone; the ACK is a courtesy.
@@ -102,13 +115,14 @@ where
                 negotiated,
                 leftover,
             } => {
-                let image = chosen.ok_or_else(|| {
+                let (image, conn) = chosen.ok_or_else(|| {
                     NegotiateError::Internal("handshake finished without an export".into())
                 })?;
                 return Ok(Outcome::Transmission {
                     negotiated,
                     image,
                     leftover,
+                    conn,
                 });
             }
             other => {
@@ -123,10 +137,12 @@ where
 }
 
 enum Answer {
-    /// Bytes to send; the image if this answer enters transmission on it.
-    Send(Vec<u8>, Option<Image>),
-    /// Close without answering (`NBD_OPT_EXPORT_NAME` of an unknown export).
-    HangUp,
+    /// Bytes to send; the image (registered) if this answer enters
+    /// transmission on it.
+    Send(Vec<u8>, Option<(Image, ConnGuard)>),
+    /// Close without answering (`NBD_OPT_EXPORT_NAME` of an export that
+    /// cannot be served: it has no error reply), and why.
+    HangUp(&'static str),
 }
 
 /// Runs `f` against the store on the blocking pool (the engine is
@@ -141,13 +157,42 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| NegotiateError::Internal(format!("export lookup failed: {e}")))
 }
 
+/// Registers the connection on `image`: refused (with the message for the
+/// client) when it would be a second writer of the image.
+fn register(client: &Client<'_>, image: &Image, key: ImageRef) -> Result<ConnGuard, String> {
+    client.registry.conn_opened(
+        client.id,
+        client.peer.clone(),
+        key,
+        &exports::canonical_name(image),
+        !image.is_snapshot(),
+    )
+}
+
+/// Opens an export and finds its image's identity (pool, id), which a
+/// rename does not change.
+fn resolve_with_ref(store: &Store, name: &str) -> Result<(Image, ImageRef), Refusal> {
+    let image = exports::resolve(store, name)?;
+    let rec = store.record(image.spec()).map_err(|e| Refusal {
+        kind: OptionError::Policy,
+        message: e.to_string(),
+    })?;
+    let key = ImageRef {
+        pool: image.spec().pool.clone(),
+        id: rec.id,
+    };
+    Ok((image, key))
+}
+
 async fn answer(
     hs: &mut ServerHandshake,
     event: Event,
     store: &Store,
     limits: &Limits,
+    client: &Client<'_>,
 ) -> Result<Answer, NegotiateError> {
     let resolve = |name: String| blocking(store, move |s| exports::resolve(s, &name));
+    let open = |name: String| blocking(store, move |s| resolve_with_ref(s, &name));
     let bytes = match event {
         Event::ListExports => match blocking(store, exports::list).await? {
             Ok(list) => {
@@ -164,8 +209,22 @@ async fn answer(
             export,
             requests,
             go,
-        } => match resolve(export.clone()).await? {
-            Ok(image) => {
+        } => match open(export.clone()).await? {
+            Ok((image, key)) => {
+                // NBD_OPT_GO enters transmission: register the connection
+                // first (NBD_OPT_INFO only asks).
+                let conn = if go {
+                    match register(client, &image, key) {
+                        Ok(g) => Some(g),
+                        Err(message) => {
+                            info!(export, %message, "second writer refused");
+                            let bytes = hs.reply_error(OptionError::Policy, &message)?;
+                            return Ok(Answer::Send(bytes, None));
+                        }
+                    }
+                } else {
+                    None
+                };
                 let mut out = hs.reply_info_export(image.size(), exports::flags(&image))?;
                 if requests.contains(&INFO_NAME) {
                     out.extend(hs.reply_info_name(&exports::canonical_name(&image))?);
@@ -186,21 +245,33 @@ async fn answer(
                     limits.max_payload,
                 )?);
                 out.extend(hs.reply_ack()?);
-                return Ok(Answer::Send(out, go.then_some(image)));
+                return Ok(Answer::Send(out, conn.map(|c| (image, c))));
             }
             Err(Refusal { kind, message }) => {
                 debug!(export, %message, "export refused");
                 hs.reply_error(kind, &message)?
             }
         },
-        Event::ExportName(export) => match resolve(export.clone()).await? {
-            Ok(image) => {
+        Event::ExportName(export) => match open(export.clone()).await? {
+            Ok((image, key)) => {
+                let conn = match register(client, &image, key) {
+                    Ok(g) => g,
+                    Err(message) => {
+                        // NBD_OPT_EXPORT_NAME has no error reply.
+                        info!(export, %message, "second writer refused; closing");
+                        return Ok(Answer::HangUp(
+                            "second writer refused (NBD_OPT_EXPORT_NAME has no error reply)",
+                        ));
+                    }
+                };
                 let out = hs.reply_export_name(image.size(), exports::flags(&image))?;
-                return Ok(Answer::Send(out, Some(image)));
+                return Ok(Answer::Send(out, Some((image, conn))));
             }
             Err(Refusal { message, .. }) => {
                 debug!(export, %message, "export refused");
-                return Ok(Answer::HangUp);
+                return Ok(Answer::HangUp(
+                    "client asked for an unknown export with NBD_OPT_EXPORT_NAME",
+                ));
             }
         },
         Event::ListMetaContexts { export, .. } => match resolve(export).await? {

@@ -1,7 +1,10 @@
-//! Listeners, the accept loop, connection tasks and shutdown.
+//! Listeners, the accept loop, connection tasks, the management API task
+//! and shutdown.
 
+use crate::api::{self, types::DaemonInfo, ApiState, CommandHandler};
 use crate::error::{Error, Result};
-use crate::negotiate::{negotiate, Outcome};
+use crate::negotiate::{negotiate, Client, Outcome};
+use crate::registry::{CountingReader, CountingWriter, Peer, Registry};
 use crate::transmission;
 use crate::{Limits, ServeConfig};
 use std::future::Future;
@@ -10,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 use vdisk_engine::Store;
@@ -23,6 +26,9 @@ pub struct Server {
     limits: Limits,
     tcp: Vec<TcpListener>,
     unix: Option<(UnixListener, PathBuf)>,
+    api: Option<(UnixListener, PathBuf)>,
+    registry: Registry,
+    commands: Option<Arc<dyn CommandHandler>>,
 }
 
 /// A connection accepted by one of the listeners.
@@ -50,12 +56,35 @@ impl Server {
             Some(path) => Some((bind_unix(path).await?, path.clone())),
             None => None,
         };
+        let api = match &cfg.api_socket {
+            Some(path) => Some((api::bind(path).await?, path.clone())),
+            None => None,
+        };
         Ok(Server {
             store,
             limits: cfg.limits,
             tcp,
             unix,
+            api,
+            registry: Registry::new(cfg.shared),
+            commands: None,
         })
+    }
+
+    /// Lets `POST /v1/commands` run commands through `handler` (the CLI's
+    /// command layer); without one that endpoint answers 501.
+    pub fn set_command_handler(&mut self, handler: Arc<dyn CommandHandler>) {
+        self.commands = Some(handler);
+    }
+
+    /// Connections, per-export counters and jobs.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The management API's socket, if any.
+    pub fn api_socket_path(&self) -> Option<&Path> {
+        self.api.as_ref().map(|(_, p)| p.as_path())
     }
 
     /// The TCP addresses actually bound (with the ports chosen for port 0).
@@ -71,16 +100,23 @@ impl Server {
         self.unix.as_ref().map(|(_, p)| p.as_path())
     }
 
-    /// Serves until `shutdown` completes; then stops accepting, lets
-    /// in-flight requests finish (up to [`Limits::drain_timeout`]), closes
-    /// every connection, flushes every open image and removes the Unix
-    /// socket. Fails only if that final flush fails.
+    /// Serves until `shutdown` completes; then stops the management API
+    /// (requests in progress finish) and removes its socket, stops
+    /// accepting NBD connections, lets in-flight requests finish (up to
+    /// [`Limits::drain_timeout`]), closes every connection, waits for
+    /// running jobs (up to the drain timeout again), flushes every open
+    /// image and removes the Unix socket. Fails only if that final flush
+    /// fails.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let listen: Vec<String> = self.local_addrs().iter().map(ToString::to_string).collect();
         let Server {
             store,
             limits,
             tcp,
             unix,
+            api,
+            registry,
+            commands,
         } = self;
         let limits = Arc::new(limits);
         for l in &tcp {
@@ -91,6 +127,33 @@ impl Server {
         if let Some((_, path)) = &unix {
             info!(path = %path.display(), "listening on Unix socket");
         }
+
+        let (api_stop, api_task) = match api {
+            Some((listener, path)) => {
+                info!(path = %path.display(), "management API ready");
+                registry.set_daemon_info(DaemonInfo {
+                    pid: std::process::id(),
+                    since: vdisk_engine::report::fmt_time(vdisk_engine::now()),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    dir: store.dir().map(|d| d.display().to_string()),
+                    listen,
+                    socket: unix.as_ref().map(|(_, p)| p.display().to_string()),
+                    api_socket: Some(path.display().to_string()),
+                    shared: registry.is_shared(),
+                });
+                let state = Arc::new(ApiState {
+                    store: store.clone(),
+                    registry: registry.clone(),
+                    commands,
+                });
+                let (tx, rx) = oneshot::channel::<()>();
+                let task = tokio::spawn(api::serve(listener, state, async {
+                    let _ = rx.await;
+                }));
+                (Some((tx, path)), Some(task))
+            }
+            None => (None, None),
+        };
 
         // Each listener accepts in its own task and hands connections to
         // this loop, which alone owns the set of connection tasks.
@@ -132,24 +195,26 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let mut conns: JoinSet<()> = JoinSet::new();
-        let mut next_id: u64 = 0;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = accepted_rx.recv() => {
                     let Some(accepted) = accepted else { break };
-                    next_id += 1;
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         // Accepted and closed: the client fails fast rather
                         // than hanging in the listen backlog.
                         warn!(limit = limits.max_connections, "too many connections; refusing one");
                         continue;
                     };
-                    let ctx = ConnCtx {
+                    let id = registry.next_conn_id();
+                    let mut ctx = ConnCtx {
                         store: store.clone(),
                         limits: limits.clone(),
                         stop: stop_rx.clone(),
+                        registry: registry.clone(),
+                        id,
+                        peer: Peer::Unix { pid: None, uid: None },
                         _permit: permit,
                     };
                     match accepted {
@@ -157,16 +222,17 @@ impl Server {
                             // Replies are sent whole; Nagle would only delay
                             // the small ones.
                             let _ = stream.set_nodelay(true);
-                            let span = info_span!("conn", id = next_id, peer = %peer);
+                            ctx.peer = Peer::Tcp(peer);
+                            let span = info_span!("conn", id, peer = %ctx.peer);
                             let (rd, wr) = stream.into_split();
                             conns.spawn(connection(rd, wr, ctx).instrument(span));
                         }
                         Accepted::Unix(stream) => {
-                            let peer = match stream.peer_cred() {
-                                Ok(c) => format!("unix pid={} uid={}", c.pid().unwrap_or(0), c.uid()),
-                                Err(_) => "unix".to_owned(),
+                            ctx.peer = match stream.peer_cred() {
+                                Ok(c) => Peer::Unix { pid: c.pid(), uid: Some(c.uid()) },
+                                Err(_) => Peer::Unix { pid: None, uid: None },
                             };
-                            let span = info_span!("conn", id = next_id, peer = %peer);
+                            let span = info_span!("conn", id, peer = %ctx.peer);
                             let (rd, wr) = stream.into_split();
                             conns.spawn(connection(rd, wr, ctx).instrument(span));
                         }
@@ -182,6 +248,24 @@ impl Server {
             }
         }
 
+        // The API first: a CLI that finds no API socket opens the data
+        // directory itself, and is told the daemon still holds it.
+        if let (Some((tx, path)), Some(task)) = (api_stop, api_task) {
+            let _ = tx.send(());
+            let mut task = task;
+            if tokio::time::timeout(limits.drain_timeout, &mut task)
+                .await
+                .is_err()
+            {
+                warn!(
+                    "management API requests still running after the drain timeout; closing them"
+                );
+                task.abort();
+            }
+            if let Err(e) = std::fs::remove_file(&path) {
+                debug!(path = %path.display(), error = %e, "cannot remove the API socket");
+            }
+        }
         info!(
             connections = conns.len(),
             "shutting down: no new connections, finishing in-flight requests"
@@ -204,6 +288,7 @@ impl Server {
             conns.abort_all();
             while conns.join_next().await.is_some() {}
         }
+        api::wait_for_jobs(&registry, limits.drain_timeout).await;
         let flushed = tokio::task::spawn_blocking(move || store.flush_all()).await;
         if let Some(path) = socket_path {
             if let Err(e) = std::fs::remove_file(&path) {
@@ -239,6 +324,16 @@ async fn accept_failed(e: std::io::Error) {
 /// that is gone (nothing answers on it), never a live server's socket or
 /// a file that is not a socket.
 async fn bind_unix(path: &Path) -> Result<UnixListener> {
+    clear_stale_socket(path).await?;
+    UnixListener::bind(path).map_err(|e| Error::Bind {
+        addr: path.display().to_string(),
+        source: e,
+    })
+}
+
+/// Removes a stale socket file at `path` (nothing answers on it); refuses
+/// a live server's socket and a file that is not a socket.
+pub(crate) async fn clear_stale_socket(path: &Path) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -260,10 +355,7 @@ async fn bind_unix(path: &Path) -> Result<UnixListener> {
             })
         }
     }
-    UnixListener::bind(path).map_err(|e| Error::Bind {
-        addr: path.display().to_string(),
-        source: e,
-    })
+    Ok(())
 }
 
 /// What a connection task gets.
@@ -271,6 +363,10 @@ struct ConnCtx {
     store: Store,
     limits: Arc<Limits>,
     stop: watch::Receiver<bool>,
+    registry: Registry,
+    /// Connection id ([`Registry::next_conn_id`]).
+    id: u64,
+    peer: Peer,
     /// Held for the connection's lifetime: one of `max_connections`.
     _permit: OwnedSemaphorePermit,
 }
@@ -291,10 +387,20 @@ where
         }
         r = tokio::time::timeout(
             ctx.limits.handshake_timeout,
-            negotiate(&mut rd, &mut wr, &ctx.store, &ctx.limits),
+            negotiate(
+                &mut rd,
+                &mut wr,
+                &ctx.store,
+                &ctx.limits,
+                Client {
+                    registry: &ctx.registry,
+                    id: ctx.id,
+                    peer: &ctx.peer,
+                },
+            ),
         ) => r,
     };
-    let (negotiated, image, leftover) = match outcome {
+    let (negotiated, image, leftover, conn) = match outcome {
         Err(_) => {
             info!(
                 secs = ctx.limits.handshake_timeout.as_secs(),
@@ -314,7 +420,8 @@ where
             negotiated,
             image,
             leftover,
-        })) => (negotiated, image, leftover),
+            conn,
+        })) => (negotiated, image, leftover, conn),
     };
     info!(
         export = %negotiated.export,
@@ -324,6 +431,10 @@ where
         structured = negotiated.structured_replies,
         "export opened"
     );
+    // Bytes on the wire, for `vdisk status` and /metrics. Requests are
+    // recorded per op by transmission through `conn.handle()`.
+    let rd = CountingReader::new(rd, conn.handle());
+    let wr = CountingWriter::new(wr, conn.handle());
     let summary = transmission::serve(
         rd,
         wr,
@@ -341,4 +452,5 @@ where
         reason = %summary.end,
         "connection closed"
     );
+    drop(conn);
 }

@@ -1,38 +1,44 @@
 //! The transmission phase of one connection.
 //!
 //! ```text
-//!  socket ─► reader loop: header, validate, take permits, read WRITE payload
+//!  socket ─► reader task: parses every request its buffer holds; validates,
+//!                │        takes permits, reads WRITE payloads
+//!                ▼ pool::workers(): one queue, engine threads shared by all connections
+//!            worker: engine call → complete reply, built in a reused buffer
 //!                │
-//!                ▼ spawn_blocking (one task per request, in parallel)
-//!            execute: engine call → complete reply bytes
-//!                │ unbounded channel (bounded in practice by the permits)
-//!                ▼
-//!  socket ◄─ writer task: replies in completion order, batched, flushed
+//!                ▼ sink: the worker writes the reply itself, without blocking
+//!  socket ◄──────┘       (the writer task takes over only while the socket is full)
 //! ```
 //!
-//! Every reply is built whole by the request's task before it is queued, so
-//! replies of different requests never interleave on the wire and a READ
-//! that fails half-way sends an error, never part of its data. A request's
-//! permits (one of `max_in_flight`, and its buffer's bytes out of
-//! `max_in_flight_bytes`) travel with its reply and are released once the
-//! reply is written: a client that does not read its replies stops being
-//! read from, instead of making the server buffer without bound.
+//! Every reply is built whole before it is sent, so replies of different
+//! requests never interleave on the wire and a READ that fails half-way
+//! sends an error, never part of its data. A request's permits (one of
+//! `max_in_flight`, and its buffer's bytes out of `max_in_flight_bytes`)
+//! travel with its reply and are released once the reply is written: a
+//! client that does not read its replies stops being read from, instead of
+//! making the server buffer without bound — and since workers never wait
+//! for a socket, it holds up nobody else.
+
+mod pool;
+mod sink;
 
 use crate::exports::errno_of;
 use crate::Limits;
+use pool::{buffers, ensure_len, put_front};
+use sink::{Permits, Reply, Sink};
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::{watch, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, warn, Instrument, Span};
 use vdisk_engine::Image;
 use vdisk_nbd::consts::{CONTEXT_BASE_ALLOCATION, REQUEST_HEADER_LEN, STATE_HOLE, STATE_ZERO};
 use vdisk_nbd::reply::{
     offset_data_header, simple_reply_header, write_block_status, write_error, write_none_done,
-    write_offset_hole,
+    write_offset_hole, OFFSET_DATA_HEADER_LEN,
 };
 use vdisk_nbd::{
     BlockDescriptor, Command, CommandFlags, EncodeError, Errno, ExportContext, Negotiated,
@@ -52,6 +58,14 @@ const HOLE_DETECTION_MIN: u64 = 64 * 1024;
 /// Most descriptors in one BLOCK_STATUS reply (512 KiB of reply); the
 /// spec allows fewer extents than the range needs.
 const MAX_DESCRIPTORS: usize = 1 << 16;
+
+/// READs and WRITEs up to this long are quick (see `pool::Job`).
+const QUICK_MAX: u32 = 64 * 1024;
+
+/// The reader's buffer: requests that arrive together are parsed from it
+/// without further reads; WRITE payloads at least half its size are read
+/// straight into their own buffer.
+const INPUT_BUFFER: usize = 128 * 1024;
 
 /// How a connection's transmission phase ended.
 #[derive(Debug)]
@@ -112,12 +126,8 @@ struct Session {
     ctx: ExportContext,
     requests: AtomicU64,
     failed: AtomicU64,
-}
-
-/// A reply ready to send, with the permits its request held.
-struct Outgoing {
-    bytes: Vec<u8>,
-    _permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    /// The connection's span, entered by the workers for their logs.
+    span: Span,
 }
 
 /// Aborts a task when dropped: the writer must not outlive its connection
@@ -127,6 +137,17 @@ struct AbortOnDrop(JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Closes the socket when the connection's future is dropped before it
+/// finished (the drain timeout at shutdown): requests still queued or
+/// running finish, but their replies go nowhere.
+struct AbandonOnDrop<W: AsyncWrite + Unpin + Send + 'static>(Arc<Sink<W>>);
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Drop for AbandonOnDrop<W> {
+    fn drop(&mut self) {
+        self.0.abandon();
     }
 }
 
@@ -165,28 +186,24 @@ where
         ctx,
         requests: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        span: Span::current(),
     });
 
-    let mut rd = BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(rd));
-    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-    let writer = AbortOnDrop(tokio::spawn(
-        write_replies(wr, rx).instrument(Span::current()),
-    ));
+    let mut input = Input::new(rd, leftover);
+    let sink = Arc::new(Sink::new(wr));
+    let writer = AbortOnDrop(tokio::spawn({
+        let sink = sink.clone();
+        async move { sink.run().await }.instrument(Span::current())
+    }));
+    let abandon = AbandonOnDrop(sink.clone());
     let slots = Arc::new(Semaphore::new(limits.max_in_flight));
     let budget = Arc::new(Semaphore::new(limits.max_in_flight_bytes));
 
     let end = loop {
-        let mut header = [0u8; REQUEST_HEADER_LEN];
-        tokio::select! {
-            biased;
-            // Also fires if the server dropped its end: stop either way.
-            _ = stop.wait_for(|stopping| *stopping) => break End::Shutdown,
-            read = rd.read_exact(&mut header) => {
-                if let Err(e) = read {
-                    break End::from_read(e);
-                }
-            }
-        }
+        let header = match input.header(&mut stop).await {
+            Ok(header) => header,
+            Err(end) => break end,
+        };
         let req = match RequestHeader::parse(&header) {
             Ok(req) => req,
             Err(e) => break End::Violation(e.to_string()),
@@ -202,19 +219,12 @@ where
             session.failed.fetch_add(1, Ordering::Relaxed);
             debug!(command = ?req.command, offset = req.offset, length = req.length, %errno, "request refused");
             // The payload of a refused WRITE is on the wire all the same.
-            if let Err(e) = discard(&mut rd, req.payload_len()).await {
+            if let Err(e) = input.discard(req.payload_len()).await {
                 break End::from_read(e);
             }
-            let bytes = refusal(&session, &req, errno);
-            if tx
-                .send(Outgoing {
-                    bytes,
-                    _permits: None,
-                })
-                .is_err()
-            {
-                break End::ClientGone;
-            }
+            let mut out = buffers().take(64);
+            let len = refusal(&session, &req, errno, &mut out);
+            sink.send_unexpected(Reply::new(out, len, None));
             continue;
         }
         // Permits before the payload: the payload is what they bound.
@@ -222,50 +232,34 @@ where
             Command::Read | Command::Write => req.length,
             _ => 0,
         };
-        let permits = match (
-            slots.clone().acquire_owned().await,
-            budget.clone().acquire_many_owned(buffer).await,
-        ) {
-            (Ok(slot), Ok(bytes)) => (slot, bytes),
-            _ => break End::Violation("internal error: request permits closed".into()),
+        let permits = match acquire(&slots, &budget, buffer, &mut stop).await {
+            Ok(permits) => permits,
+            Err(end) => break end,
         };
         let mut payload = Vec::new();
         if req.command == Command::Write {
-            payload = vec![0u8; req.length as usize];
-            if let Err(e) = rd.read_exact(&mut payload).await {
+            payload = buffers().get(req.length as usize);
+            if let Err(e) = input.read_exact(&mut payload[..req.length as usize]).await {
+                buffers().put(payload);
                 break End::from_read(e);
             }
         }
-        let tx = tx.clone();
-        let session = session.clone();
-        let span = Span::current();
-        tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
-            let bytes = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-                execute(&session, &req, payload)
-            })) {
-                Ok(bytes) => bytes,
-                Err(_) => {
-                    // An engine bug must not leave the client waiting for
-                    // a reply that never comes.
-                    error!(export = %session.export, command = ?req.command, offset = req.offset, "request panicked");
-                    session.failed.fetch_add(1, Ordering::Relaxed);
-                    failure(&session, &req, Errno::Io, "internal error")
-                }
-            };
-            // The writer is gone only if the connection is being torn down.
-            let _ = tx.send(Outgoing {
-                bytes,
-                _permits: Some(permits),
-            });
+        sink.expect();
+        let (session, sink) = (session.clone(), sink.clone());
+        pool::workers().submit(pool::Job {
+            key: Arc::as_ptr(&sink) as *const () as usize,
+            bytes: buffer,
+            quick: matches!(req.command, Command::Read | Command::Write) && req.length <= QUICK_MAX,
+            run: Box::new(move |more| run(&session, &sink, &req, payload, permits, more)),
         });
     };
 
     // Requests already started complete and their replies are sent: the
-    // writer ends once the last sender (held by those requests) is gone.
-    drop(tx);
+    // writer ends once the last one is.
+    sink.close();
     let mut writer = writer;
     let _ = (&mut writer.0).await;
+    drop(abandon);
     let image = session.image.clone();
     match tokio::task::spawn_blocking(move || image.flush()).await {
         Ok(Ok(())) => {}
@@ -279,53 +273,197 @@ where
     }
 }
 
-/// Reads and drops `len` bytes (the payload of a refused WRITE).
-async fn discard<R: AsyncRead + Unpin>(rd: &mut R, len: u32) -> io::Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    let copied = tokio::io::copy(&mut rd.take(u64::from(len)), &mut tokio::io::sink()).await?;
-    if copied < u64::from(len) {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(())
+/// Takes a request's permits: without waiting when they are free (the
+/// common case), else until replies are sent or the server stops.
+async fn acquire(
+    slots: &Arc<Semaphore>,
+    budget: &Arc<Semaphore>,
+    bytes: u32,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Permits, End> {
+    let closed = || End::Violation("internal error: request permits closed".into());
+    let slot = match slots.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(TryAcquireError::Closed) => return Err(closed()),
+        Err(TryAcquireError::NoPermits) => tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopping| *stopping) => return Err(End::Shutdown),
+            p = slots.clone().acquire_owned() => p.map_err(|_| closed())?,
+        },
+    };
+    let bytes = match budget.clone().try_acquire_many_owned(bytes) {
+        Ok(p) => p,
+        Err(TryAcquireError::Closed) => return Err(closed()),
+        Err(TryAcquireError::NoPermits) => tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopping| *stopping) => return Err(End::Shutdown),
+            p = budget.clone().acquire_many_owned(bytes) => p.map_err(|_| closed())?,
+        },
+    };
+    Ok((slot, bytes))
 }
 
-/// Sends replies as they come, batching those already queued into one
-/// flush. After a write error it keeps draining (which releases the
-/// requests' permits) without writing.
-async fn write_replies<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut wr = BufWriter::with_capacity(64 * 1024, wr);
-    let mut broken = false;
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(out) = next {
-            if !broken {
-                if let Err(e) = wr.write_all(&out.bytes).await {
-                    debug!(error = %e, "cannot send replies; client gone");
-                    broken = true;
-                }
+/// A worker runs one request and sends its reply (or, with `more`, leaves
+/// it for the next request's to take along).
+fn run<W: AsyncWrite + Unpin + Send + 'static>(
+    session: &Session,
+    sink: &Sink<W>,
+    req: &RequestHeader,
+    payload: Vec<u8>,
+    permits: Permits,
+    more: bool,
+) {
+    let _entered = session.span.enter();
+    let mut out = buffers().take(reply_size(req));
+    let data = if req.command == Command::Write {
+        &payload[..req.length as usize]
+    } else {
+        &[]
+    };
+    let len = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        execute(session, req, data, &mut out)
+    })) {
+        Ok(len) => len,
+        Err(_) => {
+            // An engine bug must not leave the client waiting for a reply
+            // that never comes.
+            error!(export = %session.export, command = ?req.command, offset = req.offset, "request panicked");
+            session.failed.fetch_add(1, Ordering::Relaxed);
+            failure(session, req, Errno::Io, "internal error", &mut out)
+        }
+    };
+    buffers().put(payload);
+    sink.send(Reply::new(out, len, Some(permits)), !more);
+}
+
+/// About how long the reply to `req` is (to pick a spare buffer).
+fn reply_size(req: &RequestHeader) -> usize {
+    match req.command {
+        Command::Read => OFFSET_DATA_HEADER_LEN + req.length as usize,
+        _ => 64,
+    }
+}
+
+/// The reader's side of the socket: a buffer that requests arriving
+/// together are parsed from without further reads.
+struct Input<R> {
+    rd: R,
+    buf: Vec<u8>,
+    /// `buf[start..end]` is read and not consumed yet.
+    start: usize,
+    end: usize,
+}
+
+impl<R: AsyncRead + Unpin> Input<R> {
+    /// Starts with what the handshake read past its end.
+    fn new(rd: R, leftover: Vec<u8>) -> Self {
+        let end = leftover.len();
+        let mut buf = leftover;
+        buf.resize(end.max(INPUT_BUFFER), 0);
+        Self {
+            rd,
+            buf,
+            start: 0,
+            end,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Reads into the free end of the buffer, moving what is buffered to
+    /// the front first if less than `room` bytes are free.
+    async fn fill(&mut self, room: usize) -> io::Result<usize> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.buf.len() - self.end < room {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        self.rd.read(&mut self.buf[self.end..]).await
+    }
+
+    /// The next request header. Waits for it unless the server stops.
+    async fn header(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<[u8; REQUEST_HEADER_LEN], End> {
+        if *stop.borrow() {
+            return Err(End::Shutdown);
+        }
+        while self.buffered() < REQUEST_HEADER_LEN {
+            let read = tokio::select! {
+                biased;
+                // Also fires if the server dropped its end: stop either way.
+                _ = stop.wait_for(|stopping| *stopping) => return Err(End::Shutdown),
+                read = self.fill(REQUEST_HEADER_LEN) => read,
+            };
+            match read {
+                Ok(0) => return Err(End::ClientGone),
+                Ok(n) => self.end += n,
+                Err(e) => return Err(End::from_read(e)),
             }
-            drop(out);
-            next = rx.try_recv().ok();
         }
-        if !broken && wr.flush().await.is_err() {
-            broken = true;
-        }
+        let mut header = [0u8; REQUEST_HEADER_LEN];
+        header.copy_from_slice(&self.buf[self.start..self.start + REQUEST_HEADER_LEN]);
+        self.start += REQUEST_HEADER_LEN;
+        Ok(header)
     }
-    if !broken {
-        let _ = wr.shutdown().await;
+
+    /// Fills `out` (a WRITE payload).
+    async fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
+        let mut done = self.buffered().min(out.len());
+        out[..done].copy_from_slice(&self.buf[self.start..self.start + done]);
+        self.start += done;
+        while done < out.len() {
+            // The buffer is empty here.
+            if out.len() - done >= self.buf.len() / 2 {
+                self.rd.read_exact(&mut out[done..]).await?;
+                return Ok(());
+            }
+            match self.fill(0).await? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => self.end += n,
+            }
+            let take = self.buffered().min(out.len() - done);
+            out[done..done + take].copy_from_slice(&self.buf[self.start..self.start + take]);
+            self.start += take;
+            done += take;
+        }
+        Ok(())
+    }
+
+    /// Reads and drops `len` bytes (the payload of a refused WRITE).
+    async fn discard(&mut self, len: u32) -> io::Result<()> {
+        let mut left = len as usize;
+        loop {
+            let take = self.buffered().min(left);
+            self.start += take;
+            left -= take;
+            if left == 0 {
+                return Ok(());
+            }
+            match self.fill(0).await? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => self.end += n,
+            }
+        }
     }
 }
 
-/// Runs one validated request against the engine; returns its reply.
-fn execute(s: &Session, req: &RequestHeader, payload: Vec<u8>) -> Vec<u8> {
+/// Runs one validated request against the engine. Its reply goes to the
+/// front of `out` (a reused buffer, see [`pool::Buffers`]); returns the
+/// reply's length.
+fn execute(s: &Session, req: &RequestHeader, payload: &[u8], out: &mut Vec<u8>) -> usize {
     let image = &s.image;
     let (off, len) = (req.offset, u64::from(req.length));
     let result = match req.command {
-        Command::Read => return read(s, req),
-        Command::BlockStatus => return block_status(s, req),
-        Command::Write => image.write_at(off, &payload),
+        Command::Read => return read(s, req, out),
+        Command::BlockStatus => return block_status(s, req, out),
+        Command::Write => image.write_at(off, payload),
         // NO_HOLE asks for allocated zeros; the engine records zeros in
         // metadata, which read back as zero whatever the device does, so
         // punching is still correct. FAST_ZERO: that is always fast.
@@ -335,7 +473,7 @@ fn execute(s: &Session, req: &RequestHeader, payload: Vec<u8>) -> Vec<u8> {
         // A hint we have no use for: the engine caches metadata itself.
         Command::Cache => Ok(()),
         // validate() refused everything else already.
-        _ => return failure(s, req, Errno::Inval, "unsupported command"),
+        _ => return failure(s, req, Errno::Inval, "unsupported command", out),
     };
     // FUA: the write is durable before it is acknowledged.
     let result = result.and_then(|()| {
@@ -346,13 +484,18 @@ fn execute(s: &Session, req: &RequestHeader, payload: Vec<u8>) -> Vec<u8> {
         }
     });
     match result {
-        Ok(()) => simple_reply_header(req.cookie, None).to_vec(),
-        Err(e) => engine_failure(s, req, &e),
+        Ok(()) => put_front(out, &simple_reply_header(req.cookie, None)),
+        Err(e) => engine_failure(s, req, &e, out),
     }
 }
 
 /// Logs an engine failure and builds its error reply.
-fn engine_failure(s: &Session, req: &RequestHeader, e: &vdisk_engine::Error) -> Vec<u8> {
+fn engine_failure(
+    s: &Session,
+    req: &RequestHeader,
+    e: &vdisk_engine::Error,
+    out: &mut Vec<u8>,
+) -> usize {
     warn!(
         export = %s.export,
         command = ?req.command,
@@ -367,24 +510,32 @@ fn engine_failure(s: &Session, req: &RequestHeader, e: &vdisk_engine::Error) -> 
         req,
         errno_of(e, req.command.is_write()),
         &format!("{:?} failed: {e}", req.command),
+        out,
     )
 }
 
-/// An error reply: a structured error chunk where the command's replies are
-/// structured (READ and BLOCK_STATUS once negotiated), so the client gets
-/// the message too; a simple reply otherwise.
-fn failure(s: &Session, req: &RequestHeader, errno: Errno, message: &str) -> Vec<u8> {
+/// An error reply (replacing whatever `out` held): a structured error
+/// chunk where the command's replies are structured (READ and BLOCK_STATUS
+/// once negotiated), so the client gets the message too; a simple reply
+/// otherwise.
+fn failure(
+    s: &Session,
+    req: &RequestHeader,
+    errno: Errno,
+    message: &str,
+    out: &mut Vec<u8>,
+) -> usize {
     if s.structured && matches!(req.command, Command::Read | Command::BlockStatus) {
-        let mut out = Vec::new();
-        write_error(&mut out, req.cookie, errno, message, true);
-        out
+        let mut chunk = Vec::new();
+        write_error(&mut chunk, req.cookie, errno, message, true);
+        put_front(out, &chunk)
     } else {
-        simple_reply_header(req.cookie, Some(errno)).to_vec()
+        put_front(out, &simple_reply_header(req.cookie, Some(errno)))
     }
 }
 
 /// The reply to a request [`RequestHeader::validate`] refused.
-fn refusal(s: &Session, req: &RequestHeader, errno: Errno) -> Vec<u8> {
+fn refusal(s: &Session, req: &RequestHeader, errno: Errno, out: &mut Vec<u8>) -> usize {
     let end = req.offset.saturating_add(u64::from(req.length));
     let why = match errno {
         Errno::Perm => "the export is read-only".to_owned(),
@@ -398,7 +549,13 @@ fn refusal(s: &Session, req: &RequestHeader, errno: Errno) -> Vec<u8> {
         ),
         _ => "invalid request (command, flags, length or alignment)".to_owned(),
     };
-    failure(s, req, errno, &format!("{:?} refused: {why}", req.command))
+    failure(
+        s,
+        req,
+        errno,
+        &format!("{:?} refused: {why}", req.command),
+        out,
+    )
 }
 
 /// Why building a READ reply failed.
@@ -410,83 +567,112 @@ enum ReadFailure {
     Encode(#[from] EncodeError),
 }
 
-fn read(s: &Session, req: &RequestHeader) -> Vec<u8> {
+fn read(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> usize {
     let result = if s.structured {
-        read_chunks(s, req)
+        read_chunks(s, req, out)
     } else {
-        read_simple(s, req)
+        read_simple(s, req, out)
     };
+    // On failure `out` holds part of the data: the error reply replaces it.
     match result {
-        Ok(bytes) => bytes,
-        Err(ReadFailure::Engine(e)) => engine_failure(s, req, &e),
+        Ok(len) => len,
+        Err(ReadFailure::Engine(e)) => engine_failure(s, req, &e, out),
         Err(e) => {
             error!(export = %s.export, offset = req.offset, error = %e, "read reply");
             s.failed.fetch_add(1, Ordering::Relaxed);
-            failure(s, req, Errno::Io, "internal error")
+            failure(s, req, Errno::Io, "internal error", out)
         }
     }
 }
 
 /// Simple reply: header, then the data, read straight into place.
-fn read_simple(s: &Session, req: &RequestHeader) -> Result<Vec<u8>, ReadFailure> {
+fn read_simple(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Result<usize, ReadFailure> {
     let header = simple_reply_header(req.cookie, None);
-    let mut out = Vec::with_capacity(header.len() + req.length as usize);
-    out.extend_from_slice(&header);
-    out.resize(header.len() + req.length as usize, 0);
-    s.image.read_at(req.offset, &mut out[header.len()..])?;
-    Ok(out)
+    let total = header.len() + req.length as usize;
+    ensure_len(out, total);
+    out[..header.len()].copy_from_slice(&header);
+    s.image.read_at(req.offset, &mut out[header.len()..total])?;
+    Ok(total)
 }
 
 /// Structured reply: OFFSET_HOLE chunks for what the engine knows reads as
 /// zero (no data read, nothing sent but the chunk header), OFFSET_DATA for
 /// the rest, each read straight into place. With `DF` one data chunk.
-fn read_chunks(s: &Session, req: &RequestHeader) -> Result<Vec<u8>, ReadFailure> {
+fn read_chunks(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Result<usize, ReadFailure> {
     let (cookie, len) = (req.cookie, u64::from(req.length));
-    let mut out = Vec::new();
     if len == 0 {
-        write_none_done(&mut out, cookie);
-        return Ok(out);
+        let mut chunk = Vec::new();
+        write_none_done(&mut chunk, cookie);
+        return Ok(put_front(out, &chunk));
+    }
+    if req.flags.contains(CommandFlags::DF) || len < HOLE_DETECTION_MIN {
+        let header = offset_data_header(cookie, req.offset, len as usize, true)?;
+        let total = header.len() + len as usize;
+        ensure_len(out, total);
+        out[..header.len()].copy_from_slice(&header);
+        s.image.read_at(req.offset, &mut out[header.len()..total])?;
+        return Ok(total);
     }
     let mut runs: Vec<(u64, bool)> = Vec::new();
-    if req.flags.contains(CommandFlags::DF) || len < HOLE_DETECTION_MIN {
-        runs.push((len, false));
-    } else {
-        for (run, _hole, zero) in s.image.block_status(req.offset, len)? {
-            match runs.last_mut() {
-                Some(last) if last.1 == zero => last.0 += run,
-                _ => runs.push((run, zero)),
-            }
+    for (run, _hole, zero) in s.image.block_status(req.offset, len)? {
+        match runs.last_mut() {
+            Some(last) if last.1 == zero => last.0 += run,
+            _ => runs.push((run, zero)),
         }
     }
-    let data: u64 = runs.iter().filter(|r| !r.1).map(|r| r.0).sum();
-    out.reserve(data as usize + runs.len() * 32);
+    // Hole chunks are encoded first (they are small), then the reply is
+    // laid out at its final length and the data read into place.
+    let mut holes = Vec::new();
+    let mut hole_ends = Vec::new();
+    let mut total = 0usize;
     let mut pos = req.offset;
     for (i, &(run, zero)) in runs.iter().enumerate() {
         let done = i + 1 == runs.len();
         // Runs are pieces of a u32-long request.
         let run32 = u32::try_from(run).map_err(|_| EncodeError::TooLong)?;
         if zero {
-            write_offset_hole(&mut out, cookie, pos, run32, done)?;
+            let at = holes.len();
+            write_offset_hole(&mut holes, cookie, pos, run32, done)?;
+            hole_ends.push(holes.len());
+            total += holes.len() - at;
         } else {
-            out.extend_from_slice(&offset_data_header(cookie, pos, run as usize, done)?);
-            let start = out.len();
-            out.resize(start + run as usize, 0);
-            s.image.read_at(pos, &mut out[start..])?;
+            total += OFFSET_DATA_HEADER_LEN + run as usize;
         }
         pos += run;
     }
-    Ok(out)
+    ensure_len(out, total);
+    let (mut at, mut pos) = (0usize, req.offset);
+    let (mut hole_start, mut hole_ends) = (0usize, hole_ends.into_iter());
+    for (i, &(run, zero)) in runs.iter().enumerate() {
+        let done = i + 1 == runs.len();
+        if zero {
+            let hole_end = hole_ends.next().unwrap_or(holes.len());
+            let chunk = &holes[hole_start..hole_end];
+            out[at..at + chunk.len()].copy_from_slice(chunk);
+            at += chunk.len();
+            hole_start = hole_end;
+        } else {
+            let header = offset_data_header(cookie, pos, run as usize, done)?;
+            out[at..at + header.len()].copy_from_slice(&header);
+            at += header.len();
+            s.image.read_at(pos, &mut out[at..at + run as usize])?;
+            at += run as usize;
+        }
+        pos += run;
+    }
+    debug_assert_eq!(at, total);
+    Ok(total)
 }
 
 /// `base:allocation` from the engine's metadata.
-fn block_status(s: &Session, req: &RequestHeader) -> Vec<u8> {
+fn block_status(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> usize {
     let Some(id) = s.allocation_id else {
-        return failure(s, req, Errno::Inval, "no metadata context selected");
+        return failure(s, req, Errno::Inval, "no metadata context selected", out);
     };
     let len = u64::from(req.length).min(BLOCK_STATUS_SPAN);
     let runs = match s.image.block_status(req.offset, len) {
         Ok(runs) => runs,
-        Err(e) => return engine_failure(s, req, &e),
+        Err(e) => return engine_failure(s, req, &e, out),
     };
     let limit = if req.flags.contains(CommandFlags::REQ_ONE) {
         1
@@ -502,13 +688,13 @@ fn block_status(s: &Session, req: &RequestHeader) -> Vec<u8> {
             flags: if hole { STATE_HOLE } else { 0 } | if zero { STATE_ZERO } else { 0 },
         })
         .collect();
-    let mut out = Vec::new();
-    match write_block_status(&mut out, req.cookie, id, &descriptors, true) {
-        Ok(()) => out,
+    let mut chunk = Vec::new();
+    match write_block_status(&mut chunk, req.cookie, id, &descriptors, true) {
+        Ok(()) => put_front(out, &chunk),
         Err(e) => {
             error!(export = %s.export, offset = req.offset, error = %e, "block status reply");
             s.failed.fetch_add(1, Ordering::Relaxed);
-            failure(s, req, Errno::Io, "internal error")
+            failure(s, req, Errno::Io, "internal error", out)
         }
     }
 }

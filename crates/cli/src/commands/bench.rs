@@ -122,6 +122,13 @@ impl Shared<'_> {
 
 pub fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     let spec = any_spec(&a.spec)?;
+    ctx.not_in_daemon(
+        "`vdisk bench` (it runs I/O threads on the image in its own process)",
+        &format!(
+            "benchmark through the daemon over NBD, e.g. `fio --ioengine=nbd \
+             --uri='nbd+unix:///{spec}?socket=DIR/nbd.sock' ...`, or stop the daemon"
+        ),
+    )?;
     let io_size = parse_bytes(&a.io_size)?;
     let io_total = parse_bytes(&a.io_total)?;
     if io_size == 0 {

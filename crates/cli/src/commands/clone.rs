@@ -2,8 +2,9 @@
 
 use super::{any_spec, image_spec, parse_features, snap_spec, Ctx};
 use crate::args::CloneArgs;
-use crate::error::Result;
+use crate::error::{CliError, Result};
 use serde::Serialize;
+use vdisk_engine::ErrorKind;
 
 pub fn clone(ctx: &Ctx, a: CloneArgs) -> Result<()> {
     let parent = snap_spec(&a.parent)?;
@@ -44,5 +45,15 @@ pub fn children(ctx: &Ctx, spec: &str) -> Result<()> {
 
 pub fn flatten(ctx: &Ctx, spec: &str) -> Result<()> {
     let spec = image_spec(spec)?;
-    Ok(ctx.store.flatten(&spec, &ctx.progress())?)
+    ctx.store.flatten(&spec, &ctx.progress())?;
+    // Done is verified, not assumed: the head no longer reads its parent.
+    let rec = ctx.store.record(&spec)?;
+    if rec.parent_overlap.is_some() {
+        return Err(CliError::new(
+            ErrorKind::Io,
+            format!("flatten of {spec} finished but the image still reads from its parent"),
+        )
+        .with_hint("run `vdisk flatten` again; `vdisk check` verifies the metadata"));
+    }
+    Ok(())
 }

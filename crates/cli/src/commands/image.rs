@@ -1,7 +1,7 @@
 //! Image commands: `create`, `ls`, `info`, `rm`, `rename`, `resize`,
 //! `feature enable|disable`.
 
-use super::{any_spec, image_size, image_spec, parse_features, Ctx};
+use super::{any_spec, describe_clients, image_size, image_spec, parse_features, Ctx};
 use crate::args::{CreateArgs, FeatureCmd, LsArgs, RenameArgs, ResizeArgs};
 use crate::error::{CliError, Result};
 use crate::output::{Align, Table};
@@ -12,12 +12,12 @@ use vdisk_engine::{human_size, CreateOptions, Features, ImageSpec};
 pub fn create(ctx: &Ctx, a: CreateArgs) -> Result<()> {
     let spec = image_spec(&a.spec)?;
     let size = image_size(&a.size)?;
-    let features = parse_features(&a.opts.features)?;
+    let features = parse_features(&a.features)?;
     let img = ctx.store.create(
         &spec,
         &CreateOptions {
             size,
-            order: a.opts.order,
+            order: a.order,
             features,
         },
     )?;
@@ -171,6 +171,17 @@ fn plain_info(i: &ImageInfo) -> String {
 
 pub fn rm(ctx: &Ctx, spec: &str) -> Result<()> {
     let spec = image_spec(spec)?;
+    // Served images are not removed under their clients. (An image the
+    // registry cannot name is left to `remove`, which says why.)
+    if let Ok(clients) = ctx.clients_of(&spec) {
+        if !clients.is_empty() {
+            return Err(CliError::refused(format!(
+                "image {spec} is in use by {}",
+                describe_clients(&clients)
+            ))
+            .with_hint("disconnect them (shut the VM down, stop the tool) first"));
+        }
+    }
     Ok(ctx.store.remove(&spec)?)
 }
 
@@ -198,7 +209,21 @@ pub fn rename(ctx: &Ctx, a: RenameArgs) -> Result<()> {
 pub fn resize(ctx: &Ctx, a: ResizeArgs) -> Result<()> {
     let spec = image_spec(&a.spec)?;
     let size = image_size(&a.size)?;
-    Ok(ctx.store.resize(&spec, size, a.allow_shrink)?)
+    ctx.store.resize(&spec, size, a.allow_shrink)?;
+    // New connections see the new size at once; NBD cannot tell a
+    // connected client that its disk changed size.
+    let clients: Vec<_> = ctx
+        .clients_of(&spec)?
+        .into_iter()
+        .filter(|c| c.mode == "rw")
+        .collect();
+    if !clients.is_empty() {
+        ctx.warn(format!(
+            "{spec} was resized; its {} keep the old size until they reconnect",
+            describe_clients(&clients)
+        ));
+    }
+    Ok(())
 }
 
 pub fn feature(ctx: &Ctx, cmd: FeatureCmd) -> Result<()> {

@@ -1,5 +1,8 @@
-//! One module per command group. [`run`] opens the data directory, runs the
-//! command and flushes every open image before reporting success.
+//! One module per command group. [`run`] finds the data directory; when a
+//! daemon serves it, the command goes to the daemon (see
+//! [`crate::remote`]), which runs [`dispatch`] on its own store; otherwise
+//! the command opens the directory itself, runs, and flushes every open
+//! image before reporting success.
 
 mod bench;
 mod clone;
@@ -9,49 +12,206 @@ mod pool;
 mod report;
 mod serve;
 mod snap;
+pub mod status;
 mod transfer;
 
-use crate::args::{Cli, Command};
+pub use meta::read_stdin_text;
+pub use transfer::default_import_spec;
+
+use crate::args::{Cli, Command, Format};
 use crate::error::{CliError, Result};
-use crate::output::Out;
-use crate::progress::Bar;
-use std::io::Write;
+use crate::output::{Out, Sink};
+use crate::progress::{Bar, Prog};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use vdisk_engine::spec::validate_image_size;
-use vdisk_engine::{parse_size, Features, ImageSpec, Store};
+use vdisk_engine::{parse_size, Features, ImageSpec, Progress, Store};
+use vdisk_server::api::types::ConnectionInfo;
+use vdisk_server::registry::ImageRef;
+use vdisk_server::Registry;
 
 /// What every command gets.
 #[derive(Debug)]
 pub struct Ctx {
     pub store: Store,
     pub out: Out,
-    no_progress: bool,
+    /// Standard error (warnings).
+    pub err: Sink,
+    progress: ProgressMode,
+    /// Set when the daemon runs the command for a client.
+    pub daemon: Option<Daemon>,
 }
 
-impl Ctx {
-    /// A progress bar for long work (hidden unless stderr is a terminal).
-    pub fn progress(&self) -> Bar {
-        Bar::new(self.no_progress)
+/// How long work shows progress.
+enum ProgressMode {
+    /// A bar on this terminal, unless `--no-progress`.
+    Bar { no_progress: bool },
+    /// The job's progress, in the daemon.
+    Shared(Arc<dyn Progress + Send + Sync>),
+}
+
+impl std::fmt::Debug for ProgressMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProgressMode::Bar { no_progress } => write!(f, "Bar(no_progress: {no_progress})"),
+            ProgressMode::Shared(_) => f.write_str("Shared"),
+        }
     }
 }
 
-/// Runs one command line.
-pub fn run(cli: Cli) -> Result<()> {
+/// What a command run by the daemon knows besides the store.
+#[derive(Debug)]
+pub struct Daemon {
+    /// Connected clients and jobs.
+    pub registry: Registry,
+    /// The client's standard input, when it sent one (`meta restore -`).
+    pub stdin: Option<String>,
+}
+
+impl Ctx {
+    /// A context writing to this process's standard output and error.
+    pub fn local(store: Store, format: Format, no_progress: bool) -> Self {
+        Ctx {
+            store,
+            out: Out::new(format, Sink::Stdout),
+            err: Sink::Stderr,
+            progress: ProgressMode::Bar { no_progress },
+            daemon: None,
+        }
+    }
+
+    /// A context for the daemon: output captured, progress to `progress`.
+    pub fn in_daemon(
+        store: Store,
+        format: Format,
+        progress: Arc<dyn Progress + Send + Sync>,
+        daemon: Daemon,
+    ) -> Self {
+        Ctx {
+            store,
+            out: Out::new(format, Sink::buffer()),
+            err: Sink::buffer(),
+            progress: ProgressMode::Shared(progress),
+            daemon: Some(daemon),
+        }
+    }
+
+    /// Progress of long work: a bar (hidden unless stderr is a terminal),
+    /// or the daemon's job.
+    pub fn progress(&self) -> Prog {
+        match &self.progress {
+            ProgressMode::Bar { no_progress } => Prog::Bar(Bar::new(*no_progress)),
+            ProgressMode::Shared(p) => Prog::Shared(p.clone()),
+        }
+    }
+
+    /// Prints a warning on standard error (never fails: it may be closed).
+    pub fn warn(&self, msg: impl std::fmt::Display) {
+        let _ = self
+            .err
+            .write(format!("vdisk: warning: {msg}\n").as_bytes());
+    }
+
+    /// A path the command reads or writes. The daemon runs elsewhere than
+    /// the client: it takes absolute paths only (the CLI makes relative
+    /// ones absolute before sending them).
+    pub fn path(&self, p: &str) -> Result<PathBuf> {
+        let path = PathBuf::from(p);
+        if self.daemon.is_some() && !path.is_absolute() {
+            return Err(CliError::invalid(format!(
+                "{p:?} is a relative path; the daemon needs absolute paths"
+            ))
+            .with_hint(
+                "the daemon opens files itself, with its own permissions: give the full path",
+            ));
+        }
+        Ok(path)
+    }
+
+    /// Refuses what cannot run inside the daemon (bulk data through the
+    /// client's standard input or output, in-process benchmarks).
+    pub fn not_in_daemon(&self, what: &str, hint: &str) -> Result<()> {
+        if self.daemon.is_some() {
+            return Err(CliError::refused(format!(
+                "{what} is not supported while the daemon (`vdisk serve`) runs"
+            ))
+            .with_hint(hint.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The clients of the daemon connected to `spec`'s image (none
+    /// without a daemon).
+    pub fn clients_of(&self, spec: &ImageSpec) -> Result<Vec<ConnectionInfo>> {
+        match &self.daemon {
+            Some(d) => Ok(d.registry.connections_to(&image_ref(&self.store, spec)?)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The clients of the daemon writing `spec`'s image.
+    pub fn writers_of(&self, spec: &ImageSpec) -> Result<Vec<ConnectionInfo>> {
+        match &self.daemon {
+            Some(d) => Ok(d.registry.writers_of(&image_ref(&self.store, spec)?)),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The identity of `spec`'s image (pool and id), as the registry keys it.
+pub fn image_ref(store: &Store, spec: &ImageSpec) -> Result<ImageRef> {
+    let rec = store.record(&spec.image_only())?;
+    Ok(ImageRef {
+        pool: spec.pool.clone(),
+        id: rec.id,
+    })
+}
+
+/// `N client(s): A (rw since T), B (...)`.
+pub fn describe_clients(clients: &[ConnectionInfo]) -> String {
+    let list: Vec<String> = clients
+        .iter()
+        .map(|c| format!("{} ({} {}, since {})", c.client, c.export, c.mode, c.since))
+        .collect();
+    format!("{} client(s): {}", clients.len(), list.join(", "))
+}
+
+/// Runs one command line; returns the exit code when the output was
+/// already printed (by the daemon's reply), `Ok(0)` after a local run.
+pub fn run(cli: Cli) -> Result<u8> {
     let dir = data_dir(cli.dir)?;
-    let store = Store::open_dir(&dir, &holder_description())?;
-    let ctx = Ctx {
-        store,
-        out: Out::new(cli.format),
-        no_progress: cli.no_progress,
+    let command = match cli.command {
+        // Always here: it takes the directory (refused, naming the
+        // holder, while a daemon runs).
+        Command::Serve(a) => {
+            let ctx = Ctx::local(
+                Store::open_dir(&dir, &holder_description())?,
+                cli.format,
+                cli.no_progress,
+            );
+            serve::run(&ctx, a, &dir)?;
+            return Ok(0);
+        }
+        Command::Status(a) => return status::run(&dir, cli.format, a).map(|()| 0),
+        other => other,
     };
-    dispatch(&ctx, cli.command)?;
+    if let Some(client) = crate::remote::find_daemon(&dir)? {
+        return crate::remote::run(&client, cli.format, cli.no_progress, command);
+    }
+    let ctx = Ctx::local(
+        Store::open_dir(&dir, &holder_description())?,
+        cli.format,
+        cli.no_progress,
+    );
+    dispatch(&ctx, command)?;
     // Engine operations commit as they go; this makes sure no write made
     // through an image handle is left unflushed.
     ctx.store.flush_all()?;
-    Ok(())
+    Ok(0)
 }
 
-fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
+/// Runs one command against `ctx` (here, or in the daemon).
+pub fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
     match cmd {
         Command::Pool(c) => pool::run(ctx, c),
         Command::Create(a) => image::create(ctx, a),
@@ -71,16 +231,28 @@ fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Snap(c) => snap::run(ctx, c),
         Command::Clone(a) => clone::clone(ctx, a),
         Command::Children(a) => clone::children(ctx, &a.spec),
-        Command::Flatten(a) => clone::flatten(ctx, &a.spec),
+        Command::Flatten(a) => {
+            if a.no_wait && ctx.daemon.is_none() {
+                return Err(CliError::refused(
+                    "--no-wait needs a running daemon: without one, flatten runs in this process",
+                )
+                .with_hint("start `vdisk serve`, or flatten without --no-wait"));
+            }
+            clone::flatten(ctx, &a.spec)
+        }
         Command::Meta(c) => meta::run(ctx, c),
         Command::Bench(a) => bench::run(ctx, a),
-        Command::Serve(a) => serve::run(ctx, a),
+        Command::Status(a) => status::in_daemon(ctx, a),
+        Command::Serve(_) => Err(CliError::refused(
+            "the daemon is already serving this data directory",
+        )
+        .with_hint("stop it first (SIGTERM) to restart it with other options")),
     }
 }
 
 /// `--dir`, `$VDISK_DIR`, else `/var/lib/vdisk` for root, else
 /// `$XDG_DATA_HOME/vdisk`, else `$HOME/.local/share/vdisk`.
-fn data_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+pub fn data_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(d) = given {
         if d.as_os_str().is_empty() {
             return Err(CliError::invalid("--dir (or VDISK_DIR) is empty"));
@@ -161,9 +333,4 @@ pub fn parse_features(list: &[String]) -> Result<Option<Features>> {
         f = f.union(Features::parse(item)?);
     }
     Ok(Some(f))
-}
-
-/// Prints a warning on stderr (never fails: stderr may be closed).
-pub fn warn(msg: impl std::fmt::Display) {
-    let _ = writeln!(std::io::stderr(), "vdisk: warning: {msg}");
 }

@@ -8,6 +8,9 @@ use crate::output::{Align, Table};
 pub fn run(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
     match cmd {
         PoolCmd::Create { name, path } => {
+            if let Some(p) = &path {
+                ctx.path(&p.to_string_lossy())?;
+            }
             ctx.store.pool_create(&name, path.as_deref())?;
             Ok(())
         }

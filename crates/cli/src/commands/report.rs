@@ -1,6 +1,6 @@
 //! Reports: `du`, `diff`, `object-map check|rebuild`, `check`.
 
-use super::{any_spec, image_spec, warn, Ctx};
+use super::{any_spec, image_spec, Ctx};
 use crate::args::{CheckArgs, DiffArgs, DuArgs, ObjectMapCmd};
 use crate::error::{CliError, Result};
 use crate::output::{Align, Table};
@@ -36,7 +36,7 @@ pub fn du(ctx: &Ctx, a: DuArgs) -> Result<()> {
                 match ctx.store.du(&spec) {
                     Ok(e) => entries.extend(e),
                     Err(e) => {
-                        warn(format!("{spec}: {e}"));
+                        ctx.warn(format!("{spec}: {e}"));
                         first_err.get_or_insert(e.into());
                     }
                 }

@@ -1,15 +1,19 @@
 //! `vdisk serve`: the NBD server in the foreground, on the store this
-//! process opened (so the data directory stays locked while serving).
+//! process opened (so the data directory stays locked while serving), with
+//! the management API on `DIR/api.sock` running this binary's commands
+//! ([`crate::handler::Handler`]).
 
 use super::Ctx;
 use crate::args::ServeArgs;
 use crate::error::{CliError, Result};
 use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
-use vdisk_server::{parse_listen, Limits, ServeConfig};
+use vdisk_server::{parse_listen, Limits, ServeConfig, Server};
 
 /// Async worker threads: the protocol work is light; the engine runs on
 /// the blocking pool.
@@ -22,8 +26,8 @@ const MAX_BLOCKING_THREADS: usize = 128;
 const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the server until SIGTERM or SIGINT.
-pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
-    let cfg = config(ctx, args)?;
+pub fn run(ctx: &Ctx, args: ServeArgs, dir: &Path) -> Result<()> {
+    let cfg = config(ctx, args, dir)?;
     init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
@@ -51,13 +55,19 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> Result<()> {
             _ = int.recv() => info!("SIGINT received"),
         }
     };
-    let result = rt.block_on(vdisk_server::run(ctx.store.clone(), cfg, shutdown));
+    let store = ctx.store.clone();
+    let result = rt.block_on(async move {
+        let mut server = Server::bind(store, cfg).await?;
+        server.set_command_handler(Arc::new(crate::handler::Handler));
+        server.serve(shutdown).await
+    });
     rt.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
     Ok(result?)
 }
 
-/// `--listen` and `--socket` into a [`ServeConfig`].
-fn config(ctx: &Ctx, args: ServeArgs) -> Result<ServeConfig> {
+/// `--listen`, `--socket` and `--shared` into a [`ServeConfig`]; the API
+/// socket is always `DIR/api.sock` (where the CLI looks for it).
+fn config(ctx: &Ctx, args: ServeArgs, dir: &Path) -> Result<ServeConfig> {
     let wants_none = args.listen.iter().any(|l| l.eq_ignore_ascii_case("none"));
     if wants_none && args.listen.len() > 1 {
         return Err(CliError::invalid(
@@ -80,6 +90,8 @@ fn config(ctx: &Ctx, args: ServeArgs) -> Result<ServeConfig> {
         listen,
         socket,
         limits: Limits::default(),
+        shared: args.shared,
+        api_socket: Some(dir.join("api.sock")),
     })
 }
 
@@ -88,7 +100,10 @@ fn config(ctx: &Ctx, args: ServeArgs) -> Result<ServeConfig> {
 fn init_logging() {
     let filter = match std::env::var("VDISK_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
-            super::warn(format!("ignoring VDISK_LOG={v:?}: {e}"));
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("vdisk: warning: ignoring VDISK_LOG={v:?}: {e}\n").as_bytes(),
+            );
             EnvFilter::new("info")
         }),
         _ => EnvFilter::new("info"),

@@ -1,6 +1,6 @@
 //! `snap create|ls|rm|rename|rollback|protect|unprotect|purge|limit`.
 
-use super::{image_spec, snap_spec, Ctx};
+use super::{describe_clients, image_spec, snap_spec, Ctx};
 use crate::args::{LimitCmd, SnapCmd};
 use crate::error::{CliError, Result};
 use crate::output::{Align, Table};
@@ -21,7 +21,24 @@ pub fn run(ctx: &Ctx, cmd: SnapCmd) -> Result<()> {
             let new_name = new_snap_name(&src_spec, &dst)?;
             store.snap_rename(&src_spec, &new_name)?;
         }
-        SnapCmd::Rollback(a) => store.snap_rollback(&snap_spec(&a.spec)?, &ctx.progress())?,
+        SnapCmd::Rollback(a) => {
+            let spec = snap_spec(&a.spec)?;
+            // Clients writing the image would find their disk changed
+            // under them (their caches still hold what was rolled away).
+            let writers = ctx.writers_of(&spec)?;
+            if !writers.is_empty() && !a.force {
+                return Err(CliError::refused(format!(
+                    "image {} is open read-write by {}",
+                    spec.image_only(),
+                    describe_clients(&writers)
+                ))
+                .with_hint(
+                    "disconnect them (shut the VM down) first, or pass --force to roll back \
+                     under them",
+                ));
+            }
+            store.snap_rollback(&spec, &ctx.progress())?
+        }
         SnapCmd::Protect(a) => store.snap_protect(&snap_spec(&a.spec)?)?,
         SnapCmd::Unprotect(a) => store.snap_unprotect(&snap_spec(&a.spec)?)?,
         SnapCmd::Purge(a) => {

@@ -1,6 +1,6 @@
 //! `import`, `export`, `cp`: raw bytes in and out of images.
 
-use super::{any_spec, image_spec, parse_features, warn, Ctx};
+use super::{any_spec, image_spec, parse_features, Ctx};
 use crate::args::{CpArgs, ExportArgs, ImportArgs};
 use crate::error::{CliError, Result};
 use std::fs::{File, OpenOptions};
@@ -25,12 +25,29 @@ enum Source {
     Stream(Box<dyn Read>),
 }
 
+/// How to move bulk data while the daemon runs, for the refusals.
+fn nbd_hint(spec: &str, import: bool) -> String {
+    let uri = format!("nbd+unix:///{spec}?socket=DIR/nbd.sock");
+    if import {
+        format!(
+            "create the image (`vdisk create {spec} --size N`), then write to it over NBD: \
+             `qemu-img convert -n -O raw FILE '{uri}'` or `nbdcopy - '{uri}'`; or import a \
+             file by its absolute path"
+        )
+    } else {
+        format!(
+            "read it over NBD: `nbdcopy '{uri}' -` or `qemu-img convert -O raw '{uri}' FILE`; \
+             or export to a file by its absolute path"
+        )
+    }
+}
+
 pub fn import(ctx: &Ctx, a: ImportArgs) -> Result<()> {
     let spec = match &a.spec {
         Some(s) => image_spec(s)?,
         None => default_import_spec(&a.file)?,
     };
-    let features = parse_features(&a.opts.features)?;
+    let features = parse_features(&a.features)?;
     // Fail on what the engine would refuse before reading any input.
     if let Some(f) = features {
         f.check_creatable()?;
@@ -38,6 +55,14 @@ pub fn import(ctx: &Ctx, a: ImportArgs) -> Result<()> {
     ctx.store.pool(&spec.pool)?;
     if ctx.store.open(&spec).is_ok() {
         return Err(vdisk_engine::Error::ImageExists(spec.to_string()).into());
+    }
+    if a.file == "-" {
+        ctx.not_in_daemon(
+            "importing standard input",
+            &nbd_hint(&spec.to_string(), true),
+        )?;
+    } else {
+        ctx.path(&a.file)?;
     }
     let source = open_source(&a.file)?;
     // Refuse what cannot become an image before creating anything.
@@ -69,7 +94,7 @@ pub fn import(ctx: &Ctx, a: ImportArgs) -> Result<()> {
     };
     let opts = CreateOptions {
         size,
-        order: a.opts.order,
+        order: a.order,
         features,
     };
     let img = ctx.store.create(&spec, &opts)?;
@@ -84,7 +109,7 @@ pub fn import(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         // Leave the pool as it was: remove the half-imported image.
         drop(img);
         if let Err(e2) = ctx.store.remove(&spec) {
-            warn(format!("could not remove the partial image {spec}: {e2}"));
+            ctx.warn(format!("could not remove the partial image {spec}: {e2}"));
         }
         return Err(e.into());
     }
@@ -93,7 +118,7 @@ pub fn import(ctx: &Ctx, a: ImportArgs) -> Result<()> {
 
 /// `import FILE` without SPEC: the file's base name in the default pool,
 /// as in rbd.
-fn default_import_spec(file: &str) -> Result<ImageSpec> {
+pub fn default_import_spec(file: &str) -> Result<ImageSpec> {
     if file == "-" {
         return Err(CliError::invalid(
             "name the image to create when importing standard input: `vdisk import - [POOL/]IMAGE`",
@@ -149,6 +174,14 @@ pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<()> {
     let spec = any_spec(&a.spec)?;
     // Open the image first: a missing image must not leave an empty file.
     let img = ctx.store.open(&spec)?;
+    if a.file == "-" {
+        ctx.not_in_daemon(
+            "exporting to standard output",
+            &nbd_hint(&spec.to_string(), false),
+        )?;
+    } else {
+        ctx.path(&a.file)?;
+    }
     let progress = ctx.progress();
     if a.file == "-" {
         let stdout = std::io::stdout();

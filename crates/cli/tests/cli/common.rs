@@ -44,6 +44,12 @@ pub fn output(c: &mut Command) -> Output {
     child.wait_with_output().expect("wait vdisk")
 }
 
+/// Starts `c` in the background (spawning under the fork guard).
+pub fn spawn(c: &mut Command) -> std::process::Child {
+    let _guard = FORK.read().unwrap_or_else(|e| e.into_inner());
+    c.spawn().expect("spawn")
+}
+
 /// One test's world: a data directory and room for files next to it.
 pub struct Env {
     tmp: TempDir,

@@ -13,7 +13,7 @@ const NBDMAGIC: &[u8] = b"NBDMAGIC";
 
 /// Reads the server's log until it listens on both; returns the TCP port
 /// and every log line read.
-fn wait_listening(child: &mut Child) -> (u16, Vec<String>) {
+pub fn wait_listening(child: &mut Child) -> (u16, Vec<String>) {
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let mut seen = Vec::new();
@@ -33,7 +33,7 @@ fn wait_listening(child: &mut Child) -> (u16, Vec<String>) {
     panic!("server exited before listening: {seen:#?}");
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -68,9 +68,13 @@ fn serve_listens_and_stops_on_sigterm() {
     unix.read_exact(&mut greeting).expect("greeting");
     assert_eq!(greeting, NBDMAGIC);
 
-    // The data directory is the server's while it runs.
-    let err = e.fail(&["ls"], BUSY);
+    // The data directory is the server's while it runs: other commands go
+    // through its API; a second server is refused, naming the first.
+    assert_eq!(e.ok(&["ls"]), "img\n");
+    let err = e.fail(&["serve", "--listen", "127.0.0.1:0"], BUSY);
     assert!(err.contains("in use"), "{err}");
+    let api = e.store_dir().join("api.sock");
+    assert!(api.exists());
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -80,6 +84,7 @@ fn serve_listens_and_stops_on_sigterm() {
     let status = wait_exit(&mut child, Duration::from_secs(30));
     assert!(status.success(), "serve exited with {status:?}");
     assert!(!socket.exists(), "socket left behind");
+    assert!(!api.exists(), "API socket left behind");
     // Released: other commands work again.
     assert!(e.ok(&["ls"]).contains("img"));
 }

@@ -48,7 +48,21 @@ impl TestServer {
     }
 
     /// Like [`TestServer::start`] with other limits.
+    ///
+    /// Several clients may write one image (`--shared`): the protocol
+    /// tests connect one process over TCP and the Unix socket at once,
+    /// which the one-writer rule counts as two clients. `tests/api.rs`
+    /// tests the rule ([`TestServer::start_exclusive`]).
     pub fn start_with(limits: Limits) -> Self {
+        Self::start_full(limits, true)
+    }
+
+    /// One writer per image, as `vdisk serve` without `--shared`.
+    pub fn start_exclusive() -> Self {
+        Self::start_full(Limits::default(), false)
+    }
+
+    fn start_full(limits: Limits, shared: bool) -> Self {
         init_logging();
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open_dir(&dir.path().join("data"), "server tests").expect("store");
@@ -60,6 +74,8 @@ impl TestServer {
             listen: vec!["127.0.0.1:0".parse().expect("addr")],
             socket: Some(socket.clone()),
             limits,
+            shared,
+            api_socket: Some(dir.path().join("data/api.sock")),
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -120,6 +136,11 @@ impl TestServer {
     /// The data directory of the served store.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The management API's socket (`DATA/api.sock`).
+    pub fn api_socket(&self) -> PathBuf {
+        self.data_dir().join("api.sock")
     }
 
     /// Stops the server (as SIGTERM would) and returns what `serve`

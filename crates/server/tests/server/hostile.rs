@@ -455,6 +455,44 @@ fn clients_vanishing_mid_request() {
 }
 
 #[test]
+fn a_client_that_stops_reading_stalls_only_itself() {
+    let server = TestServer::start();
+    let expected = content(&server.store, "img@s1");
+    // 256 MiB of reads, 4 times the connection's buffer budget, and not a
+    // reply read: its socket fills, its replies wait holding the budget,
+    // and the server stops reading its requests.
+    let mut stalled = Raw::tcp(server.port, "rbd/img@s1");
+    for i in 0..64u64 {
+        let offset = (i % 16) * 4 * M;
+        stalled
+            .send(
+                Command::Read,
+                CommandFlags::empty(),
+                i,
+                offset,
+                4 * M as u32,
+                &[],
+            )
+            .expect("send");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Meanwhile everyone else is served: the engine workers never wait
+    // for a client's socket.
+    for _ in 0..3 {
+        still_serving(&server);
+    }
+    // Reading at last, the stalled client gets every reply, whole.
+    for _ in 0..64 {
+        let done = stalled.recv().expect("reply");
+        assert_eq!(done.error, None, "{}", done.message);
+        let offset = ((done.cookie % 16) * 4 * M) as usize;
+        assert!(done.data == expected[offset..offset + 4 * M as usize]);
+    }
+    stalled.disconnect();
+    still_serving(&server);
+}
+
+#[test]
 fn many_concurrent_connections() {
     const CLIENTS: u64 = 64;
     let server = TestServer::start();

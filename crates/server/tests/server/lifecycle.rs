@@ -72,6 +72,8 @@ fn socket_files_stale_live_and_foreign() {
         listen: vec![],
         socket: Some(socket.to_path_buf()),
         limits: Default::default(),
+        shared: false,
+        api_socket: None,
     };
     // A stale socket (its listener is gone) is replaced.
     let stale = dir.path().join("stale.sock");
@@ -99,6 +101,8 @@ fn socket_files_stale_live_and_foreign() {
         listen: vec![],
         socket: None,
         limits: Default::default(),
+        shared: false,
+        api_socket: None,
     };
     assert!(matches!(
         rt.block_on(Server::bind(store.clone(), none)),
@@ -109,6 +113,8 @@ fn socket_files_stale_live_and_foreign() {
         listen: vec![taken.local_addr().expect("addr")],
         socket: None,
         limits: Default::default(),
+        shared: false,
+        api_socket: None,
     };
     let err = rt
         .block_on(Server::bind(store, busy))
