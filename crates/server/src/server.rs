@@ -436,12 +436,11 @@ where
     let rd = CountingReader::new(rd, conn.handle());
     let wr = CountingWriter::new(wr, conn.handle());
     let summary = transmission::serve(
-        rd,
-        wr,
-        leftover,
+        (rd, wr, leftover),
         &negotiated,
         image,
         &ctx.limits,
+        conn.handle(),
         ctx.stop.clone(),
     )
     .await;

@@ -23,6 +23,7 @@ mod pool;
 mod sink;
 
 use crate::exports::errno_of;
+use crate::registry::{ConnHandle, Op};
 use crate::Limits;
 use pool::{buffers, ensure_len, put_front};
 use sink::{Permits, Reply, Sink};
@@ -30,6 +31,7 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{watch, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
@@ -58,6 +60,9 @@ const HOLE_DETECTION_MIN: u64 = 64 * 1024;
 /// Most descriptors in one BLOCK_STATUS reply (512 KiB of reply); the
 /// spec allows fewer extents than the range needs.
 const MAX_DESCRIPTORS: usize = 1 << 16;
+
+/// Most requests parsed before they are queued for the workers.
+const SUBMIT_BATCH: usize = 32;
 
 /// READs and WRITEs up to this long are quick (see `pool::Job`).
 const QUICK_MAX: u32 = 64 * 1024;
@@ -126,8 +131,25 @@ struct Session {
     ctx: ExportContext,
     requests: AtomicU64,
     failed: AtomicU64,
+    /// Per-request metrics (`vdisk status`, `/metrics`).
+    conn: ConnHandle,
     /// The connection's span, entered by the workers for their logs.
     span: Span,
+}
+
+impl Session {
+    /// Records a request's reply in the connection's metrics. Bytes are
+    /// the request's length for the commands that move or change data.
+    fn record(&self, req: &RequestHeader, received: Instant, ok: bool) {
+        let bytes = match req.command {
+            Command::Read | Command::Write | Command::WriteZeroes | Command::Trim => {
+                u64::from(req.length)
+            }
+            _ => 0,
+        };
+        self.conn
+            .record(Op::from(req.command), bytes, received.elapsed(), ok);
+    }
 }
 
 /// Aborts a task when dropped: the writer must not outlive its connection
@@ -155,12 +177,11 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Drop for AbandonOnDrop<W> {
 /// `stop` turns true; then lets the requests already started finish, sends
 /// their replies and flushes the image.
 pub(crate) async fn serve<R, W>(
-    rd: R,
-    wr: W,
-    leftover: Vec<u8>,
+    (rd, wr, leftover): (R, W, Vec<u8>),
     negotiated: &Negotiated,
     image: Image,
     limits: &Limits,
+    conn: ConnHandle,
     mut stop: watch::Receiver<bool>,
 ) -> Summary
 where
@@ -186,6 +207,7 @@ where
         ctx,
         requests: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        conn,
         span: Span::current(),
     });
 
@@ -199,7 +221,15 @@ where
     let slots = Arc::new(Semaphore::new(limits.max_in_flight));
     let budget = Arc::new(Semaphore::new(limits.max_in_flight_bytes));
 
+    // Requests parsed from what one read brought in are queued for the
+    // workers together (one lock, at most one wake-up), before anything
+    // that may wait: their permits must not be held by requests not
+    // queued yet.
+    let mut parsed: Vec<pool::Job> = Vec::new();
     let end = loop {
+        if input.buffered() < REQUEST_HEADER_LEN || parsed.len() >= SUBMIT_BATCH {
+            pool::workers().submit(&mut parsed);
+        }
         let header = match input.header(&mut stop).await {
             Ok(header) => header,
             Err(end) => break end,
@@ -214,11 +244,18 @@ where
         if let Err(e) = req.check_payload(session.ctx.disconnect_limit()) {
             break End::Violation(e.to_string());
         }
+        let received = Instant::now();
         session.requests.fetch_add(1, Ordering::Relaxed);
         if let Err(errno) = req.validate(&session.ctx) {
+            session
+                .conn
+                .record(Op::from(req.command), 0, received.elapsed(), false);
             session.failed.fetch_add(1, Ordering::Relaxed);
             debug!(command = ?req.command, offset = req.offset, length = req.length, %errno, "request refused");
             // The payload of a refused WRITE is on the wire all the same.
+            if input.buffered() < req.payload_len() as usize {
+                pool::workers().submit(&mut parsed);
+            }
             if let Err(e) = input.discard(req.payload_len()).await {
                 break End::from_read(e);
             }
@@ -232,27 +269,49 @@ where
             Command::Read | Command::Write => req.length,
             _ => 0,
         };
-        let permits = match acquire(&slots, &budget, buffer, &mut stop).await {
-            Ok(permits) => permits,
+        let permits = match try_acquire(&slots, &budget, buffer) {
+            Ok(Some(permits)) => permits,
+            Ok(None) => {
+                pool::workers().submit(&mut parsed);
+                match acquire(&slots, &budget, buffer, &mut stop).await {
+                    Ok(permits) => permits,
+                    Err(end) => break end,
+                }
+            }
             Err(end) => break end,
         };
         let mut payload = Vec::new();
         if req.command == Command::Write {
+            if input.buffered() < req.length as usize {
+                pool::workers().submit(&mut parsed);
+            }
             payload = buffers().get(req.length as usize);
             if let Err(e) = input.read_exact(&mut payload[..req.length as usize]).await {
                 buffers().put(payload);
                 break End::from_read(e);
             }
         }
-        sink.expect();
+        let quick =
+            matches!(req.command, Command::Read | Command::Write) && req.length <= QUICK_MAX;
+        sink.expect(quick);
         let (session, sink) = (session.clone(), sink.clone());
-        pool::workers().submit(pool::Job {
+        parsed.push(pool::Job {
             key: Arc::as_ptr(&sink) as *const () as usize,
             bytes: buffer,
-            quick: matches!(req.command, Command::Read | Command::Write) && req.length <= QUICK_MAX,
-            run: Box::new(move |more| run(&session, &sink, &req, payload, permits, more)),
+            quick,
+            run: Box::new(move |more| {
+                let job = Accepted {
+                    req,
+                    payload,
+                    permits,
+                    received,
+                    quick,
+                };
+                run(&session, &sink, job, more)
+            }),
         });
     };
+    pool::workers().submit(&mut parsed);
 
     // Requests already started complete and their replies are sent: the
     // writer ends once the last one is.
@@ -273,8 +332,27 @@ where
     }
 }
 
-/// Takes a request's permits: without waiting when they are free (the
-/// common case), else until replies are sent or the server stops.
+/// Takes a request's permits if they are free (the common case).
+fn try_acquire(
+    slots: &Arc<Semaphore>,
+    budget: &Arc<Semaphore>,
+    bytes: u32,
+) -> Result<Option<Permits>, End> {
+    let closed = || End::Violation("internal error: request permits closed".into());
+    let slot = match slots.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(TryAcquireError::Closed) => return Err(closed()),
+        Err(TryAcquireError::NoPermits) => return Ok(None),
+    };
+    match budget.clone().try_acquire_many_owned(bytes) {
+        Ok(p) => Ok(Some((slot, p))),
+        Err(TryAcquireError::Closed) => Err(closed()),
+        Err(TryAcquireError::NoPermits) => Ok(None),
+    }
+}
+
+/// Takes a request's permits, waiting until replies are sent (releasing
+/// theirs) or the server stops.
 async fn acquire(
     slots: &Arc<Semaphore>,
     budget: &Arc<Semaphore>,
@@ -308,11 +386,16 @@ async fn acquire(
 fn run<W: AsyncWrite + Unpin + Send + 'static>(
     session: &Session,
     sink: &Sink<W>,
-    req: &RequestHeader,
-    payload: Vec<u8>,
-    permits: Permits,
+    job: Accepted,
     more: bool,
 ) {
+    let Accepted {
+        ref req,
+        payload,
+        permits,
+        received,
+        quick,
+    } = job;
     let _entered = session.span.enter();
     let mut out = buffers().take(reply_size(req));
     let data = if req.command == Command::Write {
@@ -320,20 +403,33 @@ fn run<W: AsyncWrite + Unpin + Send + 'static>(
     } else {
         &[]
     };
-    let len = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+    let built = match std::panic::catch_unwind(AssertUnwindSafe(|| {
         execute(session, req, data, &mut out)
     })) {
-        Ok(len) => len,
+        Ok(built) => built,
         Err(_) => {
             // An engine bug must not leave the client waiting for a reply
             // that never comes.
             error!(export = %session.export, command = ?req.command, offset = req.offset, "request panicked");
             session.failed.fetch_add(1, Ordering::Relaxed);
-            failure(session, req, Errno::Io, "internal error", &mut out)
+            Built::failed(failure(session, req, Errno::Io, "internal error", &mut out))
         }
     };
     buffers().put(payload);
-    sink.send(Reply::new(out, len, Some(permits)), !more);
+    session.record(req, received, built.ok);
+    sink.send(Reply::new(out, built.len, Some(permits)), quick, more);
+}
+
+/// A request the reader accepted, for a worker to run.
+struct Accepted {
+    req: RequestHeader,
+    /// A WRITE's data (empty for other commands).
+    payload: Vec<u8>,
+    permits: Permits,
+    /// When its header was read off the socket.
+    received: Instant,
+    /// A small READ or WRITE (see `pool::Job`).
+    quick: bool,
 }
 
 /// About how long the reply to `req` is (to pick a spare buffer).
@@ -457,7 +553,7 @@ impl<R: AsyncRead + Unpin> Input<R> {
 /// Runs one validated request against the engine. Its reply goes to the
 /// front of `out` (a reused buffer, see [`pool::Buffers`]); returns the
 /// reply's length.
-fn execute(s: &Session, req: &RequestHeader, payload: &[u8], out: &mut Vec<u8>) -> usize {
+fn execute(s: &Session, req: &RequestHeader, payload: &[u8], out: &mut Vec<u8>) -> Built {
     let image = &s.image;
     let (off, len) = (req.offset, u64::from(req.length));
     let result = match req.command {
@@ -473,7 +569,7 @@ fn execute(s: &Session, req: &RequestHeader, payload: &[u8], out: &mut Vec<u8>) 
         // A hint we have no use for: the engine caches metadata itself.
         Command::Cache => Ok(()),
         // validate() refused everything else already.
-        _ => return failure(s, req, Errno::Inval, "unsupported command", out),
+        _ => return Built::failed(failure(s, req, Errno::Inval, "unsupported command", out)),
     };
     // FUA: the write is durable before it is acknowledged.
     let result = result.and_then(|()| {
@@ -484,8 +580,26 @@ fn execute(s: &Session, req: &RequestHeader, payload: &[u8], out: &mut Vec<u8>) 
         }
     });
     match result {
-        Ok(()) => put_front(out, &simple_reply_header(req.cookie, None)),
-        Err(e) => engine_failure(s, req, &e, out),
+        Ok(()) => Built::ok(put_front(out, &simple_reply_header(req.cookie, None))),
+        Err(e) => Built::failed(engine_failure(s, req, &e, out)),
+    }
+}
+
+/// A reply built into the front of the output buffer.
+#[derive(Debug, Clone, Copy)]
+struct Built {
+    len: usize,
+    /// The reply is not an error.
+    ok: bool,
+}
+
+impl Built {
+    fn ok(len: usize) -> Self {
+        Self { len, ok: true }
+    }
+
+    fn failed(len: usize) -> Self {
+        Self { len, ok: false }
     }
 }
 
@@ -567,7 +681,7 @@ enum ReadFailure {
     Encode(#[from] EncodeError),
 }
 
-fn read(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> usize {
+fn read(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Built {
     let result = if s.structured {
         read_chunks(s, req, out)
     } else {
@@ -575,12 +689,12 @@ fn read(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> usize {
     };
     // On failure `out` holds part of the data: the error reply replaces it.
     match result {
-        Ok(len) => len,
-        Err(ReadFailure::Engine(e)) => engine_failure(s, req, &e, out),
+        Ok(len) => Built::ok(len),
+        Err(ReadFailure::Engine(e)) => Built::failed(engine_failure(s, req, &e, out)),
         Err(e) => {
             error!(export = %s.export, offset = req.offset, error = %e, "read reply");
             s.failed.fetch_add(1, Ordering::Relaxed);
-            failure(s, req, Errno::Io, "internal error", out)
+            Built::failed(failure(s, req, Errno::Io, "internal error", out))
         }
     }
 }
@@ -665,14 +779,20 @@ fn read_chunks(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Result<us
 }
 
 /// `base:allocation` from the engine's metadata.
-fn block_status(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> usize {
+fn block_status(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Built {
     let Some(id) = s.allocation_id else {
-        return failure(s, req, Errno::Inval, "no metadata context selected", out);
+        return Built::failed(failure(
+            s,
+            req,
+            Errno::Inval,
+            "no metadata context selected",
+            out,
+        ));
     };
     let len = u64::from(req.length).min(BLOCK_STATUS_SPAN);
     let runs = match s.image.block_status(req.offset, len) {
         Ok(runs) => runs,
-        Err(e) => return engine_failure(s, req, &e, out),
+        Err(e) => return Built::failed(engine_failure(s, req, &e, out)),
     };
     let limit = if req.flags.contains(CommandFlags::REQ_ONE) {
         1
@@ -690,11 +810,11 @@ fn block_status(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> usize {
         .collect();
     let mut chunk = Vec::new();
     match write_block_status(&mut chunk, req.cookie, id, &descriptors, true) {
-        Ok(()) => put_front(out, &chunk),
+        Ok(()) => Built::ok(put_front(out, &chunk)),
         Err(e) => {
             error!(export = %s.export, offset = req.offset, error = %e, "block status reply");
             s.failed.fetch_add(1, Ordering::Relaxed);
-            failure(s, req, Errno::Io, "internal error", out)
+            Built::failed(failure(s, req, Errno::Io, "internal error", out))
         }
     }
 }

@@ -200,9 +200,47 @@ fn metrics_are_prometheus_text_per_export() {
     let mut c = Raw::tcp(server.port, "rbd/blank");
     c.write(0, &pattern(3, 256 * 1024));
     assert_eq!(c.read(0, 4096).len(), 4096);
+    assert_eq!(c.read(8192, 512).len(), 512);
+    // Refused (beyond the end): counted as a request and an error.
+    let refused = c.call(
+        vdisk_nbd::Command::Read,
+        vdisk_nbd::CommandFlags::empty(),
+        u64::MAX - 4096,
+        4096,
+        &[],
+    );
+    assert!(refused.error.is_some());
     c.flush();
     status_until(&api, "the connection", |s| s.connections.len() == 1);
     let text = api.metrics().expect("metrics");
+    let value = |series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{series} missing: {text}"))
+            .parse()
+            .expect("a number")
+    };
+    let op = |name: &str, op: &str| format!("{name}{{export=\"rbd/blank\",op=\"{op}\"}}");
+    assert_eq!(value(&op("vdisk_nbd_requests_total", "write")), 1);
+    assert_eq!(
+        value(&op("vdisk_nbd_request_bytes_total", "write")),
+        256 * 1024
+    );
+    assert_eq!(value(&op("vdisk_nbd_request_errors_total", "write")), 0);
+    assert_eq!(value(&op("vdisk_nbd_requests_total", "read")), 3);
+    assert_eq!(
+        value(&op("vdisk_nbd_request_bytes_total", "read")),
+        4096 + 512
+    );
+    assert_eq!(value(&op("vdisk_nbd_request_errors_total", "read")), 1);
+    assert_eq!(value(&op("vdisk_nbd_requests_total", "flush")), 1);
+    let reads_timed =
+        value("vdisk_nbd_request_duration_seconds_count{export=\"rbd/blank\",op=\"read\"}");
+    assert_eq!(reads_timed, 3);
+    let inf = value(
+        "vdisk_nbd_request_duration_seconds_bucket{export=\"rbd/blank\",op=\"write\",le=\"+Inf\"}",
+    );
+    assert_eq!(inf, 1);
     assert!(
         text.contains("vdisk_nbd_connections{export=\"rbd/blank\"} 1"),
         "{text}"

@@ -12,9 +12,9 @@
 //! Waking a sleeping thread is the expensive part, so the pool wakes one
 //! only when it must: when no worker is awake, or when the oldest queued
 //! request has waited [`INJECT_AFTER`] and another thread would help:
-//! fewer workers are awake than there are CPUs, or jobs are slow (beyond
-//! copying their bytes they take [`SLOW_JOB`] on average: they wait for a
-//! disk, so more of them at once go faster), or no job started or ended
+//! fewer workers are awake than there are CPUs, or most recent jobs were
+//! slow (beyond copying their bytes they took [`SLOW_JOB`]: they wait for
+//! a disk, so more of them at once go faster), or no job started or ended
 //! for that long (the awake workers are all stuck). Jobs that are quick but
 //! queue up anyway are limited by the CPU, which more threads would not
 //! add. So cached reads are served by as many threads as there are CPUs,
@@ -25,8 +25,8 @@
 //! disk) must not wait for them when no other request comes to notice: a
 //! watcher thread looks at the queue every [`TICK`] while the pool is busy
 //! and adds a worker for a request that waited too long. After
-//! [`WATCH_IDLE_TICKS`] ticks without work it stops watching; the next
-//! request wakes one more thread to watch again.
+//! [`WATCH_IDLE_TICKS`] ticks without work it stops watching; the next job
+//! to start wakes one more thread to watch again.
 //!
 //! Replies are cheaper sent together (on loopback a send costs about what
 //! the engine read does, whatever its size): a worker that sees the next
@@ -51,8 +51,8 @@ pub(crate) const MAX_WORKERS: usize = 128;
 /// A request that waited this long in the queue gets another worker.
 const INJECT_AFTER: Duration = Duration::from_micros(200);
 
-/// Jobs that take this long on average (wall time, beyond
-/// [`NS_PER_BYTE`] for their bytes) are waiting for I/O.
+/// Jobs that take this long (wall time, beyond [`NS_PER_BYTE`] for their
+/// bytes) are waiting for I/O.
 const SLOW_JOB: Duration = Duration::from_micros(50);
 
 /// Time allowed per byte of a job's data for copying it around (in and
@@ -118,8 +118,10 @@ struct State {
     started: u64,
     /// When a job last started or ended.
     progress: Option<Instant>,
-    /// Average time a job takes, in nanoseconds (moving average).
-    job_ns: u64,
+    /// Share of recent jobs that were slow (see [`SLOW_JOB`]), out of
+    /// 1024 (a moving average: a majority vote that a few jobs stretched
+    /// by preemption do not swing, unlike an average of their times).
+    slow_share: u32,
 }
 
 impl State {
@@ -135,9 +137,7 @@ impl State {
         };
         let since = |t: Instant| now.saturating_duration_since(t) >= INJECT_AFTER;
         since(*queued)
-            && (self.awake() < cpus
-                || self.job_ns >= SLOW_JOB.as_nanos() as u64
-                || self.progress.is_none_or(since))
+            && (self.awake() < cpus || self.slow_share > 512 || self.progress.is_none_or(since))
     }
 }
 
@@ -168,12 +168,15 @@ impl Pool {
         }
     }
 
-    /// Queues `job`; wakes or starts a worker if no awake one will take it
-    /// soon enough, and one more to watch if nobody does.
-    pub(crate) fn submit(&'static self, job: Job) {
+    /// Queues `jobs` (leaving the vector empty); wakes or starts a worker
+    /// if no awake one will take them soon enough.
+    pub(crate) fn submit(&'static self, jobs: &mut Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
         let now = Instant::now();
         let mut st = lock(&self.state);
-        st.queue.push_back((job, now));
+        st.queue.extend(jobs.drain(..).map(|job| (job, now)));
         if st.awake() == 0 || st.stuck(now, self.cpus) {
             drop(self.add_worker(st));
         }
@@ -213,7 +216,7 @@ impl Pool {
                 st.started += 1;
                 let more = job.quick
                     && batch < MAX_BATCH
-                    && st.job_ns < SLOW_JOB.as_nanos() as u64
+                    && st.slow_share <= 512
                     && st
                         .queue
                         .front()
@@ -235,12 +238,12 @@ impl Pool {
                 let (run, bytes) = (job.run, job.bytes);
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(more)));
                 let end = Instant::now();
-                let took = end.duration_since(start).as_nanos() as u64;
-                let took = took.saturating_sub((f64::from(bytes) * NS_PER_BYTE) as u64);
+                let copying = Duration::from_nanos((f64::from(bytes) * NS_PER_BYTE) as u64);
+                let slow = end.duration_since(start) >= SLOW_JOB + copying;
                 st = lock(&self.state);
                 st.progress = Some(end);
-                // Average over the last 8 jobs or so.
-                st.job_ns = st.job_ns - st.job_ns / 8 + took / 8;
+                // Over the last 8 jobs or so.
+                st.slow_share = st.slow_share - st.slow_share / 8 + if slow { 128 } else { 0 };
                 continue;
             }
             if !st.watcher && st.awake() > 1 {
@@ -408,11 +411,11 @@ mod tests {
         for _ in 0..1000 {
             let done = done.clone();
             let tx = tx.clone();
-            pool.submit(job(move || {
+            pool.submit(&mut vec![job(move || {
                 if done.fetch_add(1, Ordering::SeqCst) == 999 {
                     tx.send(()).unwrap();
                 }
-            }));
+            })]);
         }
         rx.recv_timeout(Duration::from_secs(20))
             .expect("all jobs ran");
@@ -427,10 +430,10 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         for _ in 0..4 {
             let (barrier, tx) = (barrier.clone(), tx.clone());
-            pool.submit(job(move || {
+            pool.submit(&mut vec![job(move || {
                 barrier.wait();
                 tx.send(()).unwrap();
-            }));
+            })]);
         }
         for _ in 0..4 {
             rx.recv_timeout(Duration::from_secs(20)).expect("ran");
@@ -446,13 +449,13 @@ mod tests {
         let release_rx = Arc::new(Mutex::new(release_rx));
         for _ in 0..2 {
             let rx = release_rx.clone();
-            pool.submit(job(move || {
+            pool.submit(&mut vec![job(move || {
                 let _ = rx.lock().unwrap().recv();
-            }));
+            })]);
         }
         std::thread::sleep(Duration::from_millis(20));
         let (tx, rx) = mpsc::channel();
-        pool.submit(job(move || tx.send(()).unwrap()));
+        pool.submit(&mut vec![job(move || tx.send(()).unwrap())]);
         rx.recv_timeout(Duration::from_secs(5))
             .expect("the job behind the stuck ones ran");
         release_tx.send(()).unwrap();

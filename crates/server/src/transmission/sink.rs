@@ -16,6 +16,11 @@
 //! client that stops reading fills its socket, its replies pile up here
 //! holding their requests' permits, and its reader stops taking requests —
 //! other connections, and the workers, are not held up.
+//!
+//! A reply may also be held back on purpose, to go out in one write with
+//! the next (see `pool`): only while a quick request of the same
+//! connection is still to reply, which then sends both — whoever replies
+//! last always writes.
 
 use super::pool::buffers;
 use std::future::poll_fn;
@@ -81,6 +86,8 @@ struct State<W> {
     broken: bool,
     /// Requests accepted whose reply was not handed over yet.
     outstanding: usize,
+    /// Of those, quick ones (small reads and writes).
+    quick: usize,
     /// The reader stopped: the writer task ends once `outstanding` is 0
     /// and everything is sent.
     closing: bool,
@@ -119,6 +126,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink<W> {
                 queue: Vec::new(),
                 broken: false,
                 outstanding: 0,
+                quick: 0,
                 closing: false,
             }),
             task: Notify::new(),
@@ -130,30 +138,37 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink<W> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A request was accepted: its reply will come through [`Sink::send`].
-    pub(crate) fn expect(&self) {
-        self.lock().outstanding += 1;
+    /// A request was accepted: its reply will come through [`Sink::send`]
+    /// with the same `quick`.
+    pub(crate) fn expect(&self, quick: bool) {
+        let mut st = self.lock();
+        st.outstanding += 1;
+        st.quick += usize::from(quick);
     }
 
-    /// Sends the reply of a request counted by [`Sink::expect`]. Without
-    /// `now`, only queues it: the caller promises that a request of this
-    /// connection, already accepted, will send its own reply soon.
-    pub(crate) fn send(&self, reply: Reply, now: bool) {
-        self.push(reply, true, now);
+    /// Sends the reply of a request counted by [`Sink::expect`]. With
+    /// `later`, only queues it if a quick request of this connection is
+    /// still to reply (and will send this one along with its own); the
+    /// caller knows one is about to run.
+    pub(crate) fn send(&self, reply: Reply, quick: bool, later: bool) {
+        self.push(reply, Some(quick), later);
     }
 
     /// Sends a reply not counted by [`Sink::expect`] (a refusal the reader
     /// answers itself).
     pub(crate) fn send_unexpected(&self, reply: Reply) {
-        self.push(reply, false, true);
+        self.push(reply, None, false);
     }
 
-    fn push(&self, reply: Reply, expected: bool, now: bool) {
+    fn push(&self, reply: Reply, expected: Option<bool>, later: bool) {
         let mut st = self.lock();
-        if expected {
+        if let Some(quick) = expected {
             st.outstanding -= 1;
+            st.quick -= usize::from(quick);
         }
-        if (st.owner != Owner::Nobody || !now) && !st.broken {
+        // Whoever replies last, or finds someone writing, sends it.
+        let later = later && st.quick > 0;
+        if (st.owner != Owner::Nobody || later) && !st.broken {
             st.queue.push(reply);
             return;
         }
@@ -169,11 +184,11 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink<W> {
             return;
         };
         st.owner = Owner::Sender;
+        // Replies held back first, then this one, then whatever others
+        // queue meanwhile, until nothing is left or the socket is full.
+        let mut batch = std::mem::take(&mut st.queue);
         drop(st);
-
-        // Write this reply, then whatever others queued meanwhile, until
-        // nothing is left or the socket is full.
-        let mut batch = vec![reply];
+        batch.push(reply);
         loop {
             let result = write_now(&mut wr, &mut batch);
             let mut st = self.lock();
@@ -363,4 +378,147 @@ fn poll_write_batch<W: AsyncWrite + Unpin>(
     };
     batch.drain(..done).for_each(Reply::finish);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A socket that records what it is sent and can be "full".
+    #[derive(Clone, Default)]
+    struct Socket {
+        sent: Arc<Mutex<Vec<u8>>>,
+        full: Arc<AtomicBool>,
+        waker: Arc<Mutex<Option<Waker>>>,
+    }
+
+    impl Socket {
+        fn sent(&self) -> Vec<u8> {
+            self.sent.lock().unwrap().clone()
+        }
+
+        fn drain(&self) {
+            self.full.store(false, Ordering::SeqCst);
+            if let Some(w) = self.waker.lock().unwrap().take() {
+                w.wake();
+            }
+        }
+    }
+
+    impl AsyncWrite for Socket {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.full.load(Ordering::SeqCst) {
+                *self.waker.lock().unwrap() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            // A few bytes at a time: replies go out in pieces.
+            let n = buf.len().min(3);
+            self.sent.lock().unwrap().extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn reply(bytes: &[u8]) -> Reply {
+        // Longer buffer than the reply: only `len` bytes go out.
+        let mut buf = bytes.to_vec();
+        buf.extend_from_slice(b"junk");
+        Reply::new(buf, bytes.len(), None)
+    }
+
+    #[tokio::test]
+    async fn a_held_back_reply_goes_out_with_the_last_one() {
+        let socket = Socket::default();
+        let sink = Arc::new(Sink::new(socket.clone()));
+        let task = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.run().await }
+        });
+        sink.expect(true);
+        sink.expect(true);
+        sink.expect(false);
+        // Held back: a quick request is still to reply.
+        sink.send(reply(b"one."), true, true);
+        assert_eq!(socket.sent(), b"");
+        // That one finishes, itself expecting more: nothing quick is left
+        // to reply, so it sends both.
+        sink.send(reply(b"two."), true, true);
+        assert_eq!(socket.sent(), b"one.two.");
+        sink.send(reply(b"three."), false, false);
+        assert_eq!(socket.sent(), b"one.two.three.");
+        sink.close();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_hands_over_to_the_writer_task() {
+        let socket = Socket::default();
+        let sink = Arc::new(Sink::new(socket.clone()));
+        let task = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.run().await }
+        });
+        socket.full.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            sink.expect(false);
+        }
+        sink.send(reply(b"one."), false, false);
+        // Queued behind it while the writer task waits.
+        sink.send(reply(b"two."), false, false);
+        assert_eq!(socket.sent(), b"");
+        sink.close();
+        // Still one to come: the writer task may not end yet.
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished());
+        socket.drain();
+        sink.send(reply(b"three."), false, false);
+        task.await.unwrap();
+        assert_eq!(socket.sent(), b"one.two.three.");
+    }
+
+    #[tokio::test]
+    async fn after_a_write_error_replies_are_dropped() {
+        #[derive(Default)]
+        struct Gone;
+        impl AsyncWrite for Gone {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                _: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let sink = Arc::new(Sink::new(Gone));
+        let task = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.run().await }
+        });
+        for _ in 0..2 {
+            sink.expect(false);
+        }
+        sink.send(reply(b"one."), false, false);
+        sink.send(reply(b"two."), false, false);
+        sink.close();
+        task.await.unwrap();
+    }
 }
