@@ -25,7 +25,7 @@ mod sink;
 use crate::exports::errno_of;
 use crate::registry::{ConnHandle, Op};
 use crate::Limits;
-use pool::{buffers, ensure_len, put_front};
+use pool::{aligned_offset, buffers, ensure_len, put_front, DATA_ALIGN};
 use sink::{Permits, Reply, Sink};
 use std::io;
 use std::panic::AssertUnwindSafe;
@@ -280,13 +280,17 @@ where
             }
             Err(end) => break end,
         };
-        let mut payload = Vec::new();
+        let (mut payload, mut payload_at) = (Vec::new(), 0);
         if req.command == Command::Write {
             if input.buffered() < req.length as usize {
                 pool::workers().submit(&mut parsed);
             }
-            payload = buffers().get(req.length as usize);
-            if let Err(e) = input.read_exact(&mut payload[..req.length as usize]).await {
+            // At an aligned address: it is copied to the page cache.
+            let len = req.length as usize;
+            payload = buffers().get(DATA_ALIGN + len);
+            payload_at = aligned_offset(&payload, 0);
+            let into = &mut payload[payload_at..payload_at + len];
+            if let Err(e) = input.read_exact(into).await {
                 buffers().put(payload);
                 break End::from_read(e);
             }
@@ -303,6 +307,7 @@ where
                 let job = Accepted {
                     req,
                     payload,
+                    payload_at,
                     permits,
                     received,
                     quick,
@@ -392,6 +397,7 @@ fn run<W: AsyncWrite + Unpin + Send + 'static>(
     let Accepted {
         ref req,
         payload,
+        payload_at,
         permits,
         received,
         quick,
@@ -399,7 +405,7 @@ fn run<W: AsyncWrite + Unpin + Send + 'static>(
     let _entered = session.span.enter();
     let mut out = buffers().take(reply_size(req));
     let data = if req.command == Command::Write {
-        &payload[..req.length as usize]
+        &payload[payload_at..payload_at + req.length as usize]
     } else {
         &[]
     };
@@ -417,14 +423,20 @@ fn run<W: AsyncWrite + Unpin + Send + 'static>(
     };
     buffers().put(payload);
     session.record(req, received, built.ok);
-    sink.send(Reply::new(out, built.len, Some(permits)), quick, more);
+    sink.send(
+        Reply::at(out, built.start..built.end, Some(permits)),
+        quick,
+        more,
+    );
 }
 
 /// A request the reader accepted, for a worker to run.
 struct Accepted {
     req: RequestHeader,
-    /// A WRITE's data (empty for other commands).
+    /// A WRITE's data (empty for other commands) is
+    /// `payload[payload_at..][..length]`.
     payload: Vec<u8>,
+    payload_at: usize,
     permits: Permits,
     /// When its header was read off the socket.
     received: Instant,
@@ -585,21 +597,35 @@ fn execute(s: &Session, req: &RequestHeader, payload: &[u8], out: &mut Vec<u8>) 
     }
 }
 
-/// A reply built into the front of the output buffer.
+/// A reply built into the output buffer: `out[start..end]` (at the front,
+/// unless laid out to align READ data, see [`pool::DATA_ALIGN`]).
 #[derive(Debug, Clone, Copy)]
 struct Built {
-    len: usize,
+    start: usize,
+    end: usize,
     /// The reply is not an error.
     ok: bool,
 }
 
 impl Built {
     fn ok(len: usize) -> Self {
-        Self { len, ok: true }
+        Self::ok_at(0, len)
+    }
+
+    fn ok_at(start: usize, end: usize) -> Self {
+        Self {
+            start,
+            end,
+            ok: true,
+        }
     }
 
     fn failed(len: usize) -> Self {
-        Self { len, ok: false }
+        Self {
+            start: 0,
+            end: len,
+            ok: false,
+        }
     }
 }
 
@@ -689,7 +715,7 @@ fn read(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Built {
     };
     // On failure `out` holds part of the data: the error reply replaces it.
     match result {
-        Ok(len) => Built::ok(len),
+        Ok((start, end)) => Built::ok_at(start, end),
         Err(ReadFailure::Engine(e)) => Built::failed(engine_failure(s, req, &e, out)),
         Err(e) => {
             error!(export = %s.export, offset = req.offset, error = %e, "read reply");
@@ -699,33 +725,48 @@ fn read(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Built {
     }
 }
 
+/// The reply laid out as `header` then `len` bytes of data, read straight
+/// into place at an aligned address; returns where the reply starts, where
+/// its data starts and where it ends.
+fn place(out: &mut Vec<u8>, header: &[u8], len: usize) -> (usize, usize, usize) {
+    ensure_len(out, header.len() + DATA_ALIGN + len);
+    let data = aligned_offset(out, header.len());
+    let start = data - header.len();
+    out[start..data].copy_from_slice(header);
+    (start, data, data + len)
+}
+
 /// Simple reply: header, then the data, read straight into place.
-fn read_simple(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Result<usize, ReadFailure> {
+fn read_simple(
+    s: &Session,
+    req: &RequestHeader,
+    out: &mut Vec<u8>,
+) -> Result<(usize, usize), ReadFailure> {
     let header = simple_reply_header(req.cookie, None);
-    let total = header.len() + req.length as usize;
-    ensure_len(out, total);
-    out[..header.len()].copy_from_slice(&header);
-    s.image.read_at(req.offset, &mut out[header.len()..total])?;
-    Ok(total)
+    let (start, data, end) = place(out, &header, req.length as usize);
+    s.image.read_at(req.offset, &mut out[data..end])?;
+    Ok((start, end))
 }
 
 /// Structured reply: OFFSET_HOLE chunks for what the engine knows reads as
 /// zero (no data read, nothing sent but the chunk header), OFFSET_DATA for
 /// the rest, each read straight into place. With `DF` one data chunk.
-fn read_chunks(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Result<usize, ReadFailure> {
+fn read_chunks(
+    s: &Session,
+    req: &RequestHeader,
+    out: &mut Vec<u8>,
+) -> Result<(usize, usize), ReadFailure> {
     let (cookie, len) = (req.cookie, u64::from(req.length));
     if len == 0 {
         let mut chunk = Vec::new();
         write_none_done(&mut chunk, cookie);
-        return Ok(put_front(out, &chunk));
+        return Ok((0, put_front(out, &chunk)));
     }
     if req.flags.contains(CommandFlags::DF) || len < HOLE_DETECTION_MIN {
         let header = offset_data_header(cookie, req.offset, len as usize, true)?;
-        let total = header.len() + len as usize;
-        ensure_len(out, total);
-        out[..header.len()].copy_from_slice(&header);
-        s.image.read_at(req.offset, &mut out[header.len()..total])?;
-        return Ok(total);
+        let (start, data, end) = place(out, &header, len as usize);
+        s.image.read_at(req.offset, &mut out[data..end])?;
+        return Ok((start, end));
     }
     let mut runs: Vec<(u64, bool)> = Vec::new();
     for (run, _hole, zero) in s.image.block_status(req.offset, len)? {
@@ -754,8 +795,19 @@ fn read_chunks(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Result<us
         }
         pos += run;
     }
-    ensure_len(out, total);
-    let (mut at, mut pos) = (0usize, req.offset);
+    // The first data chunk's data goes to an aligned address (the others
+    // follow it: a reply is sent from one contiguous buffer).
+    let before_data = match runs.iter().position(|&(_, zero)| !zero) {
+        // Runs alternate, so the `first` runs before it are holes.
+        Some(first) => {
+            let holes_len = first.checked_sub(1).map_or(0, |last| hole_ends[last]);
+            holes_len + OFFSET_DATA_HEADER_LEN
+        }
+        None => 0,
+    };
+    ensure_len(out, DATA_ALIGN + total);
+    let start = aligned_offset(out, before_data) - before_data;
+    let (mut at, mut pos) = (start, req.offset);
     let (mut hole_start, mut hole_ends) = (0usize, hole_ends.into_iter());
     for (i, &(run, zero)) in runs.iter().enumerate() {
         let done = i + 1 == runs.len();
@@ -774,8 +826,8 @@ fn read_chunks(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Result<us
         }
         pos += run;
     }
-    debug_assert_eq!(at, total);
-    Ok(total)
+    debug_assert_eq!(at, start + total);
+    Ok((start, at))
 }
 
 /// `base:allocation` from the engine's metadata.

@@ -380,6 +380,21 @@ pub(crate) fn ensure_len(buf: &mut Vec<u8>, len: usize) {
     }
 }
 
+/// Alignment of data the kernel copies into or out of a buffer (READ data
+/// from the page cache, WRITE payloads to it). `rep movsb`, which the
+/// kernel copies with, runs at about half speed when the destination is
+/// not aligned to the source's cache lines: a READ reply's data right after
+/// its 20-byte chunk header made 1 MiB sequential reads 1.6× as expensive.
+pub(crate) const DATA_ALIGN: usize = 4096;
+
+/// The offset in `buf` at or after `at` whose address is a multiple of
+/// [`DATA_ALIGN`]. `buf` must not be reallocated afterwards (make it long
+/// enough first: `at + DATA_ALIGN` plus the data).
+pub(crate) fn aligned_offset(buf: &[u8], at: usize) -> usize {
+    let addr = buf.as_ptr() as usize + at;
+    at + (DATA_ALIGN - addr % DATA_ALIGN) % DATA_ALIGN
+}
+
 /// Copies `bytes` to the front of `buf` (growing it if needed); returns
 /// their length.
 pub(crate) fn put_front(buf: &mut Vec<u8>, bytes: &[u8]) -> usize {

@@ -47,11 +47,20 @@ pub(crate) struct Reply {
 
 impl Reply {
     pub(crate) fn new(bytes: Vec<u8>, len: usize, permits: Option<Permits>) -> Self {
-        debug_assert!(len <= bytes.len());
+        Self::at(bytes, 0..len, permits)
+    }
+
+    /// A reply that is `bytes[range]` (laid out to align its data).
+    pub(crate) fn at(
+        bytes: Vec<u8>,
+        range: std::ops::Range<usize>,
+        permits: Option<Permits>,
+    ) -> Self {
+        debug_assert!(range.start <= range.end && range.end <= bytes.len());
         Self {
             bytes,
-            len,
-            sent: 0,
+            len: range.end,
+            sent: range.start,
             _permits: permits,
         }
     }

@@ -360,6 +360,15 @@ fn pipelined_requests_complete_in_any_order() {
             }
         }
     }
+    // A read starting in a hole: hole, data, hole, data chunks (the data
+    // is laid out aligned after the first hole chunk).
+    let done = c.call(Command::Read, flags, 32 * K, 128 * 1024, &[]);
+    assert_eq!(done.error, None, "{}", done.message);
+    let k32 = 32 * 1024;
+    assert!(done.data[..k32].iter().all(|b| *b == 0));
+    assert_eq!(done.data[k32..2 * k32], pattern(1, k32)[..]);
+    assert!(done.data[2 * k32..3 * k32].iter().all(|b| *b == 0));
+    assert_eq!(done.data[3 * k32..], pattern(2, k32)[..]);
     // BLOCK_STATUS with REQ_ONE: one extent.
     let done = c.call(
         Command::BlockStatus,
