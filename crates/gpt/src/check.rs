@@ -89,6 +89,33 @@ impl GptReport {
     pub fn errors(&self) -> impl Iterator<Item = &Problem> {
         self.problems.iter().filter(|p| p.is_error())
     }
+
+    /// The errors that keep [`crate::plan_relocation`] from rebuilding the
+    /// backup from the primary: damage to the primary header, its entries
+    /// or its partitions. Findings about where the disk ends (a backup
+    /// left behind by a resize) are what the relocation fixes, so they
+    /// are not among them.
+    pub fn relocation_blockers(&self) -> impl Iterator<Item = &Problem> {
+        self.errors().filter(|p| {
+            matches!(
+                p.structure,
+                Structure::PrimaryHeader | Structure::PrimaryEntries | Structure::Partition
+            ) && !matches!(
+                p.kind,
+                ProblemKind::WrongAlternateLba { .. }
+                    | ProblemKind::UsableRangeBeyondDisk { .. }
+                    | ProblemKind::PartitionBeyondDisk { .. }
+            )
+        })
+    }
+
+    /// Whether the backup can be rebuilt from the primary (the primary and
+    /// its partitions are intact), as [`crate::plan_relocation`] does.
+    pub fn backup_rebuildable(&self) -> bool {
+        self.status != Status::Absent
+            && self.partitions_from == Some(Role::Primary)
+            && self.relocation_blockers().next().is_none()
+    }
 }
 
 /// Checks the GPT of a disk of `size` bytes, read through `read`.

@@ -7,7 +7,6 @@ use crate::check::{inspect, Disk, Role, Status};
 use crate::error::GptError;
 use crate::header::Header;
 use crate::mbr::{protective_sectors, MbrKind, GPT_PROTECTIVE, PARTITION_TABLE_OFFSET};
-use crate::problem::{ProblemKind, Structure};
 use std::io;
 
 /// One write of a relocation.
@@ -98,23 +97,8 @@ where
     if rep.status == Status::Absent || (rep.primary.is_none() && rep.backup.is_none()) {
         return Err(GptError::NoGpt);
     }
-    // A damaged primary has nothing trustworthy to rebuild from. Findings
-    // about where the disk ends are what the relocation fixes.
-    let blocking: Vec<String> = rep
-        .errors()
-        .filter(|p| {
-            matches!(
-                p.structure,
-                Structure::PrimaryHeader | Structure::PrimaryEntries | Structure::Partition
-            ) && !matches!(
-                p.kind,
-                ProblemKind::WrongAlternateLba { .. }
-                    | ProblemKind::UsableRangeBeyondDisk { .. }
-                    | ProblemKind::PartitionBeyondDisk { .. }
-            )
-        })
-        .map(|p| p.message())
-        .collect();
+    // A damaged primary has nothing trustworthy to rebuild from.
+    let blocking: Vec<String> = rep.relocation_blockers().map(|p| p.message()).collect();
     let (Some(ss), Some(primary), Some(raw), Some(array)) = (
         rep.sector_size,
         rep.primary.as_ref(),

@@ -446,6 +446,7 @@ fn a_grown_disk_is_damaged_until_the_backup_moves() {
             .iter()
             .any(|(_, k)| matches!(k, ProblemKind::ProtectiveSizeMismatch { .. })));
         assert_eq!(r.backup.as_ref().unwrap().lba, old_last);
+        assert!(r.backup_rebuildable());
 
         // Relocating at the current size fixes it, and zeroes the old header.
         let rel = relocate(&mut d, 2 * l.size).unwrap();
@@ -516,6 +517,7 @@ fn relocation_refusals() {
     for at in [512 + 60, 1024 + 40] {
         let mut d = good.clone();
         d[at] ^= 1;
+        assert!(!check_bytes(&d).backup_rebuildable());
         let e = plan(&d, 2 << 20).unwrap_err();
         assert!(matches!(e, GptError::PrimaryDamaged { .. }), "{e}");
         assert!(e.to_string().contains("CRC32 mismatch"), "{e}");
