@@ -133,6 +133,14 @@ pub enum Command {
     /// Verify every pool's metadata against the data objects
     Check(CheckArgs),
 
+    /// Check a GPT partition table: protective MBR, both headers, both entry arrays
+    ///
+    /// SRC is an image or snapshot, or a raw file or block device when it
+    /// starts with `/` or `.` (`/dev/sdb`, `./disk.raw`). 512- and 4096-byte
+    /// sectors are detected. Exit status 0: intact (warnings allowed);
+    /// 9: damaged, or no GPT; the report names each problem.
+    Gpt(GptArgs),
+
     /// Measure I/O performance on an image, like `rbd bench`
     Bench(BenchArgs),
 
@@ -261,6 +269,13 @@ pub struct ResizeArgs {
     #[arg(long)]
     #[serde(default)]
     pub allow_shrink: bool,
+
+    /// Move the backup GPT (header and entries) to the new end of the image
+    /// and update the primary, like `sgdisk -e`; refused, without resizing,
+    /// unless the image has an intact primary GPT
+    #[arg(long)]
+    #[serde(default)]
+    pub fix_gpt: bool,
 }
 
 #[derive(Debug, Args, Serialize, Deserialize)]
@@ -508,6 +523,20 @@ pub enum MetaCmd {
         #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
         file: String,
     },
+}
+
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptArgs {
+    /// [POOL/]IMAGE[@SNAP], or a file or block device: /PATH, ./PATH
+    #[arg(value_name = "SRC")]
+    pub src: String,
+
+    /// SRC as the user typed it, when the CLI made a file path absolute
+    /// for the daemon (the output names it as typed)
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown_as: Option<String>,
 }
 
 #[derive(Debug, Args, Serialize, Deserialize)]

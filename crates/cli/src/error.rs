@@ -13,6 +13,8 @@ pub struct CliError {
     pub hint: Option<String>,
     /// Standard output was closed by its reader: stop quietly.
     pub broken_pipe: bool,
+    /// An exit code other than the kind's (see [`DAMAGED_EXIT`]).
+    pub exit: Option<u8>,
 }
 
 /// Result with the CLI's error.
@@ -25,7 +27,22 @@ impl CliError {
             message: message.into(),
             hint: None,
             broken_pipe: false,
+            exit: None,
         }
+    }
+
+    /// What was checked is damaged (exit 9): `gpt` found a damaged or
+    /// missing partition table. Kind `corrupt` in the API.
+    pub fn damaged(message: impl Into<String>) -> Self {
+        CliError {
+            exit: Some(DAMAGED_EXIT),
+            ..Self::new(ErrorKind::Corrupt, message)
+        }
+    }
+
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        self.exit.unwrap_or_else(|| exit_code(self.kind))
     }
 
     /// A malformed request (exit 2).
@@ -81,6 +98,7 @@ impl From<vdisk_engine::Error> for CliError {
             message: e.to_string(),
             hint: e.hint(),
             broken_pipe: false,
+            exit: None,
         }
     }
 }
@@ -92,6 +110,7 @@ impl From<vdisk_server::Error> for CliError {
             message: e.to_string(),
             hint: e.hint(),
             broken_pipe: false,
+            exit: None,
         }
     }
 }
@@ -124,12 +143,18 @@ impl fmt::Display for CliError {
 /// | 6 | unsupported by this build |
 /// | 7 | corrupt data or metadata; `check` found errors |
 /// | 8 | busy: data directory locked, drain timeout |
+/// | 9 | damaged: `gpt` found a damaged or missing GPT ([`DAMAGED_EXIT`]) |
 ///
 /// The daemon uses the same table (`vdisk_server::api::types::exit_code`)
-/// for the commands it runs.
+/// for the commands it runs; code 9 is set by the command itself
+/// ([`CliError::exit_code`]), its kind is `corrupt`.
 pub fn exit_code(kind: ErrorKind) -> u8 {
     vdisk_server::api::types::exit_code(kind)
 }
+
+/// Exit code of a check that found the checked thing damaged (`gpt`), as
+/// opposed to 7, vdisk's own data or metadata being corrupt.
+pub const DAMAGED_EXIT: u8 = 9;
 
 /// Exit code of clap's own usage errors.
 pub const USAGE_EXIT: u8 = 2;

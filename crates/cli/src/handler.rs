@@ -5,7 +5,6 @@
 
 use crate::args::{Command, Format, SnapCmd};
 use crate::commands::{self, Ctx, Daemon};
-use crate::error::exit_code;
 use vdisk_engine::{ErrorKind, ImageSpec};
 use vdisk_server::api::types::{CommandReply, CommandRequest};
 use vdisk_server::api::{CommandEnv, CommandHandler, JobSpec, Prepared};
@@ -67,7 +66,7 @@ fn execute(
         Ok(()) => (0, None),
         Err(e) => {
             let _ = ctx.err.write(e.render().as_bytes());
-            (exit_code(e.kind), Some(e.body()))
+            (e.exit_code(), Some(e.body()))
         }
     };
     CommandReply {

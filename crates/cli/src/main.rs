@@ -2,7 +2,7 @@
 //!
 //! Thin on purpose: parse the command line ([`args`]), run the command
 //! ([`commands`]: here, or in a running daemon through [`remote`]), turn
-//! errors into a message, a hint and an exit code ([`error::exit_code`]).
+//! errors into a message, a hint and an exit code ([`error::CliError::exit_code`]).
 //! [`handler`] is the daemon's side: `vdisk serve` runs the commands its
 //! API receives with it.
 #![forbid(unsafe_code)]
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // Not eprintln!: it panics when stderr is closed.
             let _ = std::io::stderr().write_all(e.render().as_bytes());
-            ExitCode::from(error::exit_code(e.kind))
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -106,6 +106,10 @@ fn absolutize(command: &mut Command) -> Result<()> {
     match command {
         Command::Import(a) => a.file = abs(&a.file)?,
         Command::Export(a) => a.file = abs(&a.file)?,
+        Command::Gpt(a) if commands::is_file_source(&a.src) => {
+            a.shown_as = Some(a.src.clone());
+            a.src = abs(&a.src)?
+        }
         Command::Meta(MetaCmd::Backup { file, .. } | MetaCmd::Restore { file, .. }) => {
             *file = abs(file)?
         }

@@ -14,6 +14,8 @@ mod bench;
 mod clones;
 #[path = "cli/daemon.rs"]
 mod daemon;
+#[path = "cli/gpt.rs"]
+mod gpt;
 #[path = "cli/images.rs"]
 mod images;
 #[path = "cli/meta.rs"]

@@ -209,7 +209,16 @@ pub fn rename(ctx: &Ctx, a: RenameArgs) -> Result<()> {
 pub fn resize(ctx: &Ctx, a: ResizeArgs) -> Result<()> {
     let spec = image_spec(&a.spec)?;
     let size = image_size(&a.size)?;
+    // --fix-gpt is planned (or refused) before anything changes.
+    let gpt = if a.fix_gpt {
+        Some(super::gpt::plan_fix(ctx, &spec, size, a.allow_shrink)?)
+    } else {
+        None
+    };
     ctx.store.resize(&spec, size, a.allow_shrink)?;
+    if let Some(plan) = &gpt {
+        super::gpt::apply_fix(ctx, &spec, &a.size, plan)?;
+    }
     // New connections see the new size at once; NBD cannot tell a
     // connected client that its disk changed size.
     let clients: Vec<_> = ctx

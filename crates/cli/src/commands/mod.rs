@@ -6,6 +6,7 @@
 
 mod bench;
 mod clone;
+mod gpt;
 mod image;
 mod meta;
 mod pool;
@@ -15,6 +16,7 @@ mod snap;
 pub mod status;
 mod transfer;
 
+pub use gpt::is_file_source;
 pub use meta::read_stdin_text;
 pub use transfer::default_import_spec;
 
@@ -225,6 +227,7 @@ pub fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Diff(a) => report::diff(ctx, a),
         Command::ObjectMap(c) => report::object_map(ctx, c),
         Command::Check(a) => report::check(ctx, a),
+        Command::Gpt(a) => gpt::gpt(ctx, a),
         Command::Cp(a) => transfer::cp(ctx, a),
         Command::Import(a) => transfer::import(ctx, a),
         Command::Export(a) => transfer::export(ctx, a),
