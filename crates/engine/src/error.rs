@@ -45,6 +45,10 @@ pub enum Error {
     ImageNotFound(String),
     #[error("snapshot {0} does not exist")]
     SnapNotFound(String),
+    #[error("{0}")]
+    ScheduleNotFound(String),
+    #[error("{0}")]
+    ScheduleExists(String),
     #[error("pool {0:?} already exists")]
     PoolExists(String),
     #[error("image {0} already exists")]
@@ -124,8 +128,12 @@ impl Error {
                 ErrorKind::InvalidInput
             }
             OutOfRange { .. } => ErrorKind::InvalidInput,
-            PoolNotFound(_) | ImageNotFound(_) | SnapNotFound(_) => ErrorKind::NotFound,
-            PoolExists(_) | ImageExists(_) | SnapExists(_) => ErrorKind::AlreadyExists,
+            PoolNotFound(_) | ImageNotFound(_) | SnapNotFound(_) | ScheduleNotFound(_) => {
+                ErrorKind::NotFound
+            }
+            PoolExists(_) | ImageExists(_) | SnapExists(_) | ScheduleExists(_) => {
+                ErrorKind::AlreadyExists
+            }
             SnapProtected(_)
             | SnapNotProtected(_)
             | HasChildren { .. }
@@ -155,6 +163,7 @@ impl Error {
             InvalidSpec { .. } => "write specs as [POOL/]IMAGE[@SNAP]".into(),
             PoolNotFound(_) => "list pools with `vdisk pool ls`, create one with `vdisk pool create NAME`".into(),
             ImageNotFound(_) => "list images with `vdisk ls [POOL]`".into(),
+            ScheduleNotFound(_) => "list schedules with `vdisk snap schedule ls`".into(),
             SnapNotFound(spec) => format!("list snapshots with `vdisk snap ls {}`", spec.split('@').next().unwrap_or(spec)),
             SnapProtected(spec) => format!("unprotect it first: `vdisk snap unprotect {spec}`"),
             SnapNotProtected(spec) => format!("protect it first: `vdisk snap protect {spec}`"),

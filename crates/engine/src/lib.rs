@@ -29,6 +29,7 @@ pub mod object;
 pub mod objmap;
 pub mod record;
 pub mod report;
+pub mod schedule;
 pub mod spec;
 mod status;
 mod store;

@@ -36,6 +36,8 @@ pub enum Kind {
     Pool = 1,
     Image = 2,
     Object = 3,
+    /// A snapshot schedule (`schedule.rs`).
+    Schedule = 4,
 }
 
 impl Kind {
@@ -48,6 +50,7 @@ impl Kind {
             Kind::Pool => "pool record",
             Kind::Image => "image record",
             Kind::Object => "object record",
+            Kind::Schedule => "schedule record",
         }
     }
 }
@@ -274,6 +277,9 @@ pub mod keys {
     pub const OBJMAP: &str = "objmap";
     /// `counters`: name → u64 BE.
     pub const COUNTERS: &str = "counters";
+    /// `schedules`: pool id ‖ image id ‖ interval in seconds →
+    /// [`crate::schedule::ScheduleRecord`].
+    pub const SCHEDULES: &str = "schedules";
 
     pub fn k1(a: u64) -> Vec<u8> {
         a.to_be_bytes().to_vec()
