@@ -318,6 +318,7 @@ fn samples_decode() {
                 let r = record::decode::<ObjectRecord>(kind, "sample", &bytes).unwrap();
                 ObjectMeta::from_record(&r, 1024, 4).unwrap();
             }
+            other => panic!("no samples of {other:?} are made"),
         }
     }
 }

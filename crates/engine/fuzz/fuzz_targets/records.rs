@@ -26,8 +26,9 @@ use vdisk_engine::object::ObjectMeta;
 use vdisk_engine::record::{
     self, ImageRecord, Kind, ObjectRecord, ParentLink, PoolRecord, SnapRecord, VersionRecord,
 };
+use vdisk_engine::schedule::{RunResult, ScheduleRecord, ScheduledSnap, Skipped};
 
-const KINDS: [Kind; 3] = [Kind::Pool, Kind::Image, Kind::Object];
+const KINDS: [Kind; 4] = [Kind::Pool, Kind::Image, Kind::Object, Kind::Schedule];
 
 /// A stored value: "vd", kind, version, body length, crc32c, body.
 fn envelope(kind: u8, version: u16, body: &[u8]) -> Vec<u8> {
@@ -69,6 +70,9 @@ fn decode_all(bytes: &[u8], blocks: usize, max_gen: u64) {
     if let Ok(o) = record::decode::<ObjectRecord>(Kind::Object, "fuzz", bytes) {
         round_trip(Kind::Object, &o);
         object_meta(&o, blocks, max_gen);
+    }
+    if let Ok(s) = record::decode::<ScheduleRecord>(Kind::Schedule, "fuzz", bytes) {
+        round_trip(Kind::Schedule, &s);
     }
 }
 
@@ -121,6 +125,47 @@ fn image(u: &mut Unstructured<'_>) -> Result<ImageRecord> {
         parent,
         parent_overlap: u.arbitrary()?,
         snap_limit: u.arbitrary()?,
+    })
+}
+
+fn schedule(u: &mut Unstructured<'_>) -> Result<ScheduleRecord> {
+    let mut snaps = Vec::new();
+    for _ in 0..u.int_in_range(0..=4)? {
+        snaps.push(ScheduledSnap {
+            id: u.arbitrary()?,
+            name: u.arbitrary()?,
+        });
+    }
+    let last_result = if u.arbitrary()? {
+        Some(RunResult {
+            time: u.arbitrary()?,
+            ok: u.arbitrary()?,
+            snapshot: u.arbitrary()?,
+            missed: u.arbitrary()?,
+            removed: u.arbitrary()?,
+            skipped: vec![Skipped {
+                name: u.arbitrary()?,
+                reason: u.arbitrary()?,
+            }],
+            error: u.arbitrary()?,
+        })
+    } else {
+        None
+    };
+    Ok(ScheduleRecord {
+        pool_id: u.arbitrary()?,
+        image_id: u.arbitrary()?,
+        pool: u.arbitrary()?,
+        image: u.arbitrary()?,
+        every: u.arbitrary()?,
+        keep: u.arbitrary()?,
+        created: u.arbitrary()?,
+        last_run: u.arbitrary()?,
+        next_due: u.arbitrary()?,
+        runs: u.arbitrary()?,
+        last_result,
+        snaps,
+        disabled: u.arbitrary()?,
     })
 }
 
@@ -254,6 +299,19 @@ fn structured(u: &mut Unstructured<'_>, blocks: usize, max_gen: u64) -> Result<(
             };
             (body, Box::new(check))
         }
+        Kind::Schedule => {
+            let rec = schedule(u)?;
+            let body = with_unknown(u, &rec)?;
+            let check = move |b: &[u8]| {
+                let got: ScheduleRecord = record::decode(Kind::Schedule, "fuzz", b)
+                    .expect("an unknown field is skipped");
+                assert_eq!(got, rec);
+            };
+            (body, Box::new(check))
+        }
+        // Kinds not in KINDS are never chosen.
+        #[allow(unreachable_patterns)]
+        other => unreachable!("{other:?} is not in KINDS"),
     };
     let edited = edit(u, &mut body)?;
     let stored = envelope(kind as u8, kind.current_version(), &body);
