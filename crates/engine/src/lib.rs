@@ -20,6 +20,7 @@
 
 pub mod backup;
 mod bitmap;
+pub mod changed;
 pub mod check;
 pub mod config;
 pub mod error;
