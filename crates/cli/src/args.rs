@@ -97,7 +97,28 @@ pub enum Command {
     Import(ImportArgs),
 
     /// Export an image or snapshot as raw bytes to a file or standard output
+    /// (`--export-format 2`: the image with every snapshot, as `rbd export`)
     Export(ExportArgs),
+
+    /// Write what changed between two snapshots as an RBD diff (`rbd export-diff`)
+    ///
+    /// The diff goes from --from-snap (or from nothing: every data extent)
+    /// to SPEC's snapshot (or its head). A file gets a checksum sidecar
+    /// FILE.vdisk-sum (image identity, snapshot sizes, crc32c per 4 MiB,
+    /// sha256) that `import-diff` checks before applying anything.
+    ExportDiff(ExportDiffArgs),
+
+    /// Apply an RBD diff to an image's head, then create its to-snapshot (`rbd import-diff`)
+    ///
+    /// As rbd: the diff's from-snapshot must exist on the image and its
+    /// to-snapshot must not; the image is resized to the diff's size. A
+    /// file is checked completely (structure, FILE.vdisk-sum if present,
+    /// that the head still equals the from-snapshot) before anything is
+    /// written; a bad diff changes nothing.
+    ImportDiff(ImportDiffArgs),
+
+    /// Merge two consecutive RBD diffs (S1→S2, S2→S3) into one (S1→S3) (`rbd merge-diff`)
+    MergeDiff(MergeDiffArgs),
 
     /// Manage snapshots
     #[command(subcommand)]
@@ -325,6 +346,17 @@ pub struct ImportArgs {
     #[arg(long, visible_alias = "image-feature", value_name = "LIST|NUM")]
     #[serde(default)]
     pub features: Vec<String>,
+
+    /// 1: raw bytes (default); 2: rbd's export-format 2, the image with
+    /// its properties and every snapshot
+    #[arg(long, value_name = "1|2", value_parser = clap::value_parser!(u8).range(1..=2))]
+    #[serde(default)]
+    pub export_format: Option<u8>,
+
+    /// With --export-format 2: do not check FILE.vdisk-sum
+    #[arg(long, requires = "export_format")]
+    #[serde(default)]
+    pub no_sum: bool,
 }
 
 #[derive(Debug, Args, Serialize, Deserialize)]
@@ -342,6 +374,99 @@ pub struct ExportArgs {
     #[arg(long)]
     #[serde(default)]
     pub force: bool,
+
+    /// 1: raw bytes (default); 2: rbd's export-format 2, the image with
+    /// its properties and every snapshot
+    #[arg(long, value_name = "1|2", value_parser = clap::value_parser!(u8).range(1..=2))]
+    #[serde(default)]
+    pub export_format: Option<u8>,
+
+    /// With --export-format 2: do not write FILE.vdisk-sum
+    #[arg(long, requires = "export_format")]
+    #[serde(default)]
+    pub no_sum: bool,
+}
+
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportDiffArgs {
+    /// [POOL/]IMAGE[@SNAP]: the diff ends at this snapshot (or the head)
+    #[arg(value_name = "SPEC")]
+    pub spec: String,
+
+    /// File to create, or `-` for standard output
+    #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
+    pub file: String,
+
+    /// Snapshot the diff starts from [default: none: every data extent]
+    #[arg(long, value_name = "SNAP")]
+    #[serde(default)]
+    pub from_snap: Option<String>,
+
+    /// Write whole objects that changed, not only the changed blocks
+    #[arg(long)]
+    #[serde(default)]
+    pub whole_object: bool,
+
+    /// Overwrite FILE if it exists
+    #[arg(long)]
+    #[serde(default)]
+    pub force: bool,
+
+    /// Do not write the checksum sidecar FILE.vdisk-sum
+    #[arg(long)]
+    #[serde(default)]
+    pub no_sum: bool,
+}
+
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportDiffArgs {
+    /// RBD diff (from `rbd export-diff` or `vdisk export-diff`), or `-` for standard input
+    #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
+    pub file: String,
+
+    /// [POOL/]IMAGE to apply it to
+    #[arg(value_name = "SPEC")]
+    pub spec: String,
+
+    /// Apply even though the head changed since the from-snapshot (the
+    /// result then is not the source's to-snapshot), and skip the
+    /// sidecar's check of what the head holds
+    #[arg(long)]
+    #[serde(default)]
+    pub force: bool,
+
+    /// Do not check FILE.vdisk-sum even if it exists
+    #[arg(long)]
+    #[serde(default)]
+    pub no_sum: bool,
+}
+
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeDiffArgs {
+    /// First diff (S1→S2), or `-` for standard input
+    #[arg(value_name = "FIRST|-", allow_hyphen_values = true)]
+    pub first: String,
+
+    /// Second diff (S2→S3)
+    #[arg(value_name = "SECOND")]
+    pub second: String,
+
+    /// Merged diff to create (S1→S3), or `-` for standard output
+    #[arg(value_name = "OUT|-", allow_hyphen_values = true)]
+    pub out: String,
+
+    /// Overwrite OUT if it exists
+    #[arg(long)]
+    #[serde(default)]
+    pub force: bool,
+
+    /// Neither check the inputs' .vdisk-sum sidecars nor write OUT.vdisk-sum
+    #[arg(long)]
+    #[serde(default)]
+    pub no_sum: bool,
 }
 
 // -------------------------------------------------------------- snapshots

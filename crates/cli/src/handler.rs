@@ -95,6 +95,8 @@ pub fn job_of(c: &Command) -> Option<JobSpec> {
             },
         ),
         Command::Export(a) if a.file != "-" => ("export", any(&a.spec)?),
+        Command::ExportDiff(a) if a.file != "-" => ("export-diff", any(&a.spec)?),
+        Command::ImportDiff(a) if a.file != "-" => ("import-diff", image(&a.spec)?),
         Command::Snap(SnapCmd::Rm(a)) => ("snap rm", any(&a.spec)?),
         Command::Snap(SnapCmd::Purge(a)) => ("snap purge", image(&a.spec)?),
         Command::Snap(SnapCmd::Rollback(a)) => ("snap rollback", any(&a.spec)?),

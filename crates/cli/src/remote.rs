@@ -106,6 +106,13 @@ fn absolutize(command: &mut Command) -> Result<()> {
     match command {
         Command::Import(a) => a.file = abs(&a.file)?,
         Command::Export(a) => a.file = abs(&a.file)?,
+        Command::ExportDiff(a) => a.file = abs(&a.file)?,
+        Command::ImportDiff(a) => a.file = abs(&a.file)?,
+        Command::MergeDiff(a) => {
+            a.first = abs(&a.first)?;
+            a.second = abs(&a.second)?;
+            a.out = abs(&a.out)?;
+        }
         Command::Gpt(a) if commands::is_file_source(&a.src) => {
             a.shown_as = Some(a.src.clone());
             a.src = abs(&a.src)?

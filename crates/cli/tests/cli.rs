@@ -14,6 +14,8 @@ mod bench;
 mod clones;
 #[path = "cli/daemon.rs"]
 mod daemon;
+#[path = "cli/diff_io.rs"]
+mod diff_io;
 #[path = "cli/gpt.rs"]
 mod gpt;
 #[path = "cli/images.rs"]

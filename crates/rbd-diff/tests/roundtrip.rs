@@ -14,36 +14,33 @@ use vdisk_rbd_diff::{
 #[derive(Debug, Clone)]
 struct Diff {
     header: DiffHeader,
-    extents: Vec<(u64, Option<Vec<u8>>)>, // (offset, data) or (offset, None + len below)
-    zero_lens: Vec<u64>,
+    /// (offset, length, data: none for a zero extent).
+    extents: Vec<Extent>,
 }
+
+type Extent = (u64, u64, Option<Vec<u8>>);
 
 fn name() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9_.-]{1,16}"
 }
 
 /// Extents for an image of `size` bytes.
-fn extents(size: u64) -> impl Strategy<Value = (Vec<(u64, Option<Vec<u8>>)>, Vec<u64>)> {
+fn extents(size: u64) -> impl Strategy<Value = Vec<Extent>> {
     prop::collection::vec((0u64..3000, 0u64..3000, any::<bool>(), any::<u8>()), 0..12).prop_map(
         move |raw| {
-            let (mut ext, mut zl, mut pos) = (Vec::new(), Vec::new(), 0u64);
+            let (mut ext, mut pos) = (Vec::new(), 0u64);
             for (gap, len, write, seed) in raw {
                 let off = pos + gap;
                 if off >= size {
                     break;
                 }
                 let len = len.min(size - off);
-                if write {
-                    let data: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8) | 1).collect();
-                    ext.push((off, Some(data)));
-                    zl.push(len);
-                } else {
-                    ext.push((off, None));
-                    zl.push(len);
-                }
+                let data =
+                    write.then(|| (0..len).map(|i| seed.wrapping_add(i as u8) | 1).collect());
+                ext.push((off, len, data));
                 pos = off + len;
             }
-            (ext, zl)
+            ext
         },
     )
 }
@@ -56,7 +53,7 @@ fn diff(v2: bool) -> impl Strategy<Value = Diff> {
         0u64..20_000,
     )
         .prop_flat_map(move |(from, to, prot, size)| {
-            extents(size).prop_map(move |(extents, zero_lens)| Diff {
+            extents(size).prop_map(move |extents| Diff {
                 header: DiffHeader {
                     from_snap: from.clone(),
                     protected: (v2 && to.is_some()).then_some(prot),
@@ -64,7 +61,6 @@ fn diff(v2: bool) -> impl Strategy<Value = Diff> {
                     size,
                 },
                 extents,
-                zero_lens,
             })
         })
 }
@@ -76,7 +72,7 @@ fn encode(d: &Diff, v2: bool, out: &mut Vec<u8>) {
         DiffEncoder::v1()
     };
     enc.header(&d.header, out).unwrap();
-    for ((off, data), len) in d.extents.iter().zip(&d.zero_lens) {
+    for (off, len, data) in &d.extents {
         match data {
             Some(b) => enc.write(*off, b, out).unwrap(),
             None => enc.zero(*off, *len, out).unwrap(),
@@ -97,7 +93,7 @@ fn expected(d: &Diff, index: u64) -> Vec<Rec> {
         r.push(ev(Event::Protected(p)));
     }
     r.push(ev(Event::Size(d.header.size)));
-    for ((off, data), len) in d.extents.iter().zip(&d.zero_lens) {
+    for (off, len, data) in &d.extents {
         r.push(match data {
             Some(b) => w(*off, b),
             None => ev(Event::Zero {

@@ -6,6 +6,7 @@
 
 mod bench;
 mod clone;
+mod diff_io;
 mod gpt;
 mod image;
 mod meta;
@@ -229,8 +230,13 @@ pub fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Check(a) => report::check(ctx, a),
         Command::Gpt(a) => gpt::gpt(ctx, a),
         Command::Cp(a) => transfer::cp(ctx, a),
+        Command::Import(a) if a.export_format == Some(2) => diff_io::import_image(ctx, a),
         Command::Import(a) => transfer::import(ctx, a),
+        Command::Export(a) if a.export_format == Some(2) => diff_io::export_image(ctx, a),
         Command::Export(a) => transfer::export(ctx, a),
+        Command::ExportDiff(a) => diff_io::export_diff(ctx, a),
+        Command::ImportDiff(a) => diff_io::import_diff(ctx, a),
+        Command::MergeDiff(a) => diff_io::merge_diff(ctx, a),
         Command::Snap(c) => snap::run(ctx, c),
         Command::Clone(a) => clone::clone(ctx, a),
         Command::Children(a) => clone::children(ctx, &a.spec),
