@@ -576,20 +576,17 @@ impl Store {
     }
 
     /// The schedules due at `now`.
-    pub fn schedules_due(&self, now: u64) -> Result<Vec<ScheduleId>> {
-        Ok(self
-            .schedule_all()?
-            .iter()
-            .filter(|r| due(r, now).is_some())
-            .map(ScheduleRecord::id)
-            .collect())
+    pub fn schedules_due(&self, now: u64) -> Result<Vec<ScheduleRecord>> {
+        let mut all = self.schedule_all()?;
+        all.retain(|r| due(r, now).is_some());
+        Ok(all)
     }
 
     /// Runs every schedule due at `now`, one after the other.
     pub fn schedule_run_due(&self, now: u64) -> Result<Vec<RunReport>> {
         let mut out = Vec::new();
-        for id in self.schedules_due(now)? {
-            out.extend(self.schedule_run(id, now)?);
+        for rec in self.schedules_due(now)? {
+            out.extend(self.schedule_run(rec.id(), now)?);
         }
         Ok(out)
     }

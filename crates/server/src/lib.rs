@@ -57,12 +57,14 @@ mod error;
 mod exports;
 mod negotiate;
 pub mod registry;
+mod scheduler;
 mod server;
 mod transmission;
 
 pub use config::{parse_listen, Limits, ServeConfig, DEFAULT_PORT};
 pub use error::{Error, Result};
 pub use registry::Registry;
+pub use scheduler::{Clock, ManualClock, SystemClock};
 pub use server::Server;
 
 use std::future::Future;

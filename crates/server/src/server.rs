@@ -5,6 +5,7 @@ use crate::api::{self, types::DaemonInfo, ApiState, CommandHandler};
 use crate::error::{Error, Result};
 use crate::negotiate::{negotiate, Client, Outcome};
 use crate::registry::{CountingReader, CountingWriter, Peer, Registry};
+use crate::scheduler::{Clock, Scheduler, SystemClock};
 use crate::transmission;
 use crate::{Limits, ServeConfig};
 use std::future::Future;
@@ -29,6 +30,7 @@ pub struct Server {
     api: Option<(UnixListener, PathBuf)>,
     registry: Registry,
     commands: Option<Arc<dyn CommandHandler>>,
+    clock: Arc<dyn Clock>,
 }
 
 /// A connection accepted by one of the listeners.
@@ -68,7 +70,13 @@ impl Server {
             api,
             registry: Registry::new(cfg.shared),
             commands: None,
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// The clock of the snapshot scheduler (tests: a [`ManualClock`](crate::ManualClock)).
+    pub fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.clock = clock;
     }
 
     /// Lets `POST /v1/commands` run commands through `handler` (the CLI's
@@ -117,6 +125,7 @@ impl Server {
             api,
             registry,
             commands,
+            clock,
         } = self;
         let limits = Arc::new(limits);
         for l in &tcp {
@@ -128,6 +137,9 @@ impl Server {
             info!(path = %path.display(), "listening on Unix socket");
         }
 
+        // Scheduled snapshots (`snap schedule`); commands through the API
+        // wake it, since they may change the schedules.
+        let scheduler = Scheduler::start(store.clone(), registry.clone(), clock);
         let (api_stop, api_task) = match api {
             Some((listener, path)) => {
                 info!(path = %path.display(), "management API ready");
@@ -145,6 +157,7 @@ impl Server {
                     store: store.clone(),
                     registry: registry.clone(),
                     commands,
+                    scheduler: Some(scheduler.waker()),
                 });
                 let (tx, rx) = oneshot::channel::<()>();
                 let task = tokio::spawn(api::serve(listener, state, async {
@@ -266,6 +279,7 @@ impl Server {
                 debug!(path = %path.display(), error = %e, "cannot remove the API socket");
             }
         }
+        scheduler.stop().await;
         info!(
             connections = conns.len(),
             "shutting down: no new connections, finishing in-flight requests"

@@ -7,6 +7,8 @@
 //! | `POST /v1/commands` | runs one CLI command in the daemon ([`types::CommandRequest`] → [`types::CommandReply`], or `202` + [`types::JobInfo`]) |
 //! | `GET /v1/jobs`, `GET /v1/jobs/{id}` | jobs; one job with its command's output once finished |
 //! | `GET /metrics` | Prometheus text: per-export requests, bytes, latency histograms |
+//! | `GET /v1/images/{pool}/{image}/changed?from=&to=&offset=&limit=` | changed extents, paged ([`extents`]) |
+//! | `GET /v1/images/{pool}/{image}/allocated?snap=&offset=&limit=` | allocated extents, paged |
 //!
 //! Commands are executed by a [`CommandHandler`] the embedding program
 //! provides (the `vdisk` binary hands in its own command layer, so a
@@ -15,6 +17,7 @@
 //! `POST /v1/commands` answers `501`.
 
 mod client;
+mod extents;
 mod metrics;
 pub mod types;
 
@@ -102,6 +105,16 @@ pub(crate) struct ApiState {
     pub store: Store,
     pub registry: Registry,
     pub commands: Option<Arc<dyn CommandHandler>>,
+    /// Woken after every command: it may have changed the schedules.
+    pub scheduler: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl ApiState {
+    fn commands_ran(&self) {
+        if let Some(s) = &self.scheduler {
+            s.notify_one();
+        }
+    }
 }
 
 /// The API's routes.
@@ -112,6 +125,11 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/jobs", get(jobs))
         .route("/v1/jobs/{id}", get(job))
         .route("/metrics", get(metrics))
+        .route("/v1/images/{pool}/{image}/changed", get(extents::changed))
+        .route(
+            "/v1/images/{pool}/{image}/allocated",
+            get(extents::allocated),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -184,7 +202,8 @@ fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
 async fn not_found() -> Response {
     api_error(
         StatusCode::NOT_FOUND,
-        "no such endpoint: GET /v1/status, POST /v1/commands, GET /v1/jobs[/ID], GET /metrics",
+        "no such endpoint: GET /v1/status, POST /v1/commands, GET /v1/jobs[/ID], GET /metrics, \
+         GET /v1/images/POOL/IMAGE/changed, GET /v1/images/POOL/IMAGE/allocated",
     )
 }
 
@@ -296,6 +315,7 @@ async fn commands(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
         };
         let run = prepared.run;
         let ran = tokio::task::spawn_blocking(move || run_command(run, env)).await;
+        st.commands_ran();
         return match ran {
             Ok(reply) => Json(reply).into_response(),
             Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -321,6 +341,7 @@ async fn commands(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
         job: Some(job.id()),
     };
     let run = prepared.run;
+    let after = st.clone();
     // The job ends `done` or `failed` whatever happens in the command
     // (panics included): a job left `running` forever would keep its
     // waiters waiting.
@@ -334,6 +355,7 @@ async fn commands(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
             warn!(job = runner.id(), exit_code = reply.exit_code, stderr = %reply.stderr.trim_end(), "job failed");
         }
         runner.finish(reply);
+        after.commands_ran();
     });
     if wait {
         job.wait().await;
