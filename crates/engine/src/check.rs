@@ -34,11 +34,30 @@ impl CheckReport {
 }
 
 impl Store {
-    /// Checks every pool; with `repair`, removes orphan data objects and
-    /// rebuilds object maps that under-report.
+    /// Checks every pool; with `repair`, releases the data queued for
+    /// trimming, removes orphan data objects and rebuilds object maps that
+    /// under-report.
     pub fn check(&self, repair: bool) -> Result<CheckReport> {
         self.flush_all()?;
         let mut rep = CheckReport::default();
+        for t in self.trim_targets()? {
+            if repair {
+                let done =
+                    self.trim_image(&t, &mut crate::trim::FullSpeed, &crate::NoProgress, &|| {
+                        false
+                    })?;
+                rep.repaired.push(format!(
+                    "{}: released the data queued for trimming ({done} operation(s))",
+                    t.spec
+                ));
+            } else {
+                rep.warnings.push(format!(
+                    "{}: {} data operation(s) queued for trimming, space not released yet \
+                     (`vdisk serve` releases it in the background; `vdisk check --repair` now)",
+                    t.spec, t.ops
+                ));
+            }
+        }
         let meta = self.meta_store();
         let mut pools = Vec::new();
         for (k, v) in meta.scan(keys::POOLS, b"")? {
@@ -245,7 +264,13 @@ impl Store {
                 }
             }
         }
-        let orphans: Vec<_> = files.difference(&referenced).copied().collect();
+        // Generations queued for trimming are on their way out.
+        let queued = self.trim_queued_removes(p)?;
+        let orphans: Vec<_> = files
+            .difference(&referenced)
+            .filter(|(o, g)| !queued.contains(&(r.id, *o, *g)))
+            .copied()
+            .collect();
         if !orphans.is_empty() {
             rep.warnings.push(format!(
                 "{spec}: {} orphan data object(s) (left by an interrupted operation)",

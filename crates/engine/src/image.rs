@@ -135,6 +135,8 @@ pub(crate) struct ImageState {
     pub meta: Arc<dyn MetaStore>,
     pub data: Arc<dyn ObjectStore>,
     shared: Weak<Shared>,
+    /// The store's foreground I/O statistics.
+    pub io: Arc<crate::trim::IoStats>,
     rec: RwLock<ImageRecord>,
     params: RwLock<Arc<IoParams>>,
     rec_dirty: AtomicBool,
@@ -183,12 +185,14 @@ impl ImageState {
         } else {
             ObjectMap::new()
         };
+        let io = shared.upgrade().map(|s| s.io.clone()).unwrap_or_default();
         Ok(ImageState {
             id: rec.id,
             pool,
             meta,
             data,
             shared,
+            io,
             rec: RwLock::new(rec),
             params: RwLock::new(params),
             rec_dirty: AtomicBool::new(false),
@@ -1143,7 +1147,7 @@ impl ImageState {
                 maps.insert(*id, m);
             }
         }
-        let mut punches: Vec<(u64, u64, usize, usize)> = Vec::new();
+        let mut punches: Vec<(u64, u64, u32, u32)> = Vec::new();
         let mut removes: Vec<(u64, u64)> = Vec::new();
         for &objno in &objnos {
             let cell = self.cell(objno, &p)?;
@@ -1152,7 +1156,12 @@ impl ImageState {
             if !r.punch.is_empty() || !r.removed.is_empty() {
                 self.dirty.lock().insert(objno);
             }
-            punches.extend(r.punch.iter().map(|&(g, s, e)| (objno, g, s, e)));
+            // Blocks per object fit in u32 (orders up to 25: 8192 blocks).
+            punches.extend(
+                r.punch
+                    .iter()
+                    .map(|&(g, s, e)| (objno, g, s as u32, e as u32)),
+            );
             removes.extend(r.removed.iter().map(|&g| (objno, g)));
             if p.object_map {
                 let mut prev: Option<&View> = None;
@@ -1192,21 +1201,20 @@ impl ImageState {
             valid_rec.flags &= !invalid;
             ops.push(self.record_op(&valid_rec));
         }
+        // The data no reader needs is queued in the same commit and
+        // released by the trimmer after the barrier is gone (`trim.rs`
+        // says why that is safe).
+        ops.extend(crate::trim::queue_ops(
+            self.meta.as_ref(),
+            self.pool.id,
+            self.id,
+            punches,
+            removes,
+        )?);
         self.flush_with(ops)?;
         if clear {
             self.set_record(valid_rec);
         }
-        for (objno, g, s, e) in punches {
-            self.data.punch(
-                &self.name(objno, g),
-                (s as u64) << BLOCK_SHIFT,
-                ((e - s) as u64) << BLOCK_SHIFT,
-            )?;
-        }
-        for (objno, g) in removes {
-            self.data.remove(&self.name(objno, g))?;
-        }
-        self.data.sync()?;
         progress.finish();
         Ok(())
     }
@@ -1311,6 +1319,13 @@ impl Image {
 
     /// Reads `buf.len()` bytes at `offset`. Unwritten ranges read as zero.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let start = std::time::Instant::now();
+        let r = self.read_at_inner(offset, buf);
+        self.st.io.record(start);
+        r
+    }
+
+    fn read_at_inner(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         match &self.snap {
             Some(s) => {
                 self.st.check_range(offset, buf.len() as u64, s.size)?;
@@ -1329,14 +1344,20 @@ impl Image {
     /// metadata, not as data. Durable after [`Image::flush`].
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.writable()?;
-        self.st.write(offset, data)
+        let start = std::time::Instant::now();
+        let r = self.st.write(offset, data);
+        self.st.io.record(start);
+        r
     }
 
     /// Makes the range read as zero and releases its space where nothing
     /// older needs it.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         self.writable()?;
-        self.st.zero(offset, len)
+        let start = std::time::Instant::now();
+        let r = self.st.zero(offset, len);
+        self.st.io.record(start);
+        r
     }
 
     /// Discards the range: it reads as zero afterwards (a guaranteed-zeroing
@@ -1347,7 +1368,10 @@ impl Image {
 
     /// Makes every write completed before this call durable.
     pub fn flush(&self) -> Result<()> {
-        self.st.flush()
+        let start = std::time::Instant::now();
+        let r = self.st.flush();
+        self.st.io.record(start);
+        r
     }
 
     /// Grows the head to at least `size` without committing metadata (the

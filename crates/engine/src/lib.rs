@@ -35,6 +35,7 @@ pub mod spec;
 mod status;
 mod store;
 pub mod transfer;
+mod trim;
 
 pub use bitmap::Bitmap;
 pub use config::Config;
@@ -46,6 +47,7 @@ pub use store::{
     now, CreateOptions, DataBackend, LocalDataBackend, PoolInfo, SingleDataBackend, Store,
     DRAIN_TIMEOUT,
 };
+pub use trim::{AdaptivePacer, FullSpeed, Pacer, TrimTarget};
 
 /// Progress of long work (import, export, copy, flatten, rollback...).
 /// Implementations must be cheap: `inc` is called from worker threads.

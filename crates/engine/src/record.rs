@@ -38,6 +38,8 @@ pub enum Kind {
     Object = 3,
     /// A snapshot schedule (`schedule.rs`).
     Schedule = 4,
+    /// A batch of data queued for trimming (`trim.rs`).
+    Trim = 5,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             Kind::Image => "image record",
             Kind::Object => "object record",
             Kind::Schedule => "schedule record",
+            Kind::Trim => "trim batch",
         }
     }
 }
@@ -280,6 +283,9 @@ pub mod keys {
     /// `schedules`: pool id ‖ image id ‖ interval in seconds →
     /// [`crate::schedule::ScheduleRecord`].
     pub const SCHEDULES: &str = "schedules";
+    /// `trim`: pool id ‖ image id ‖ batch number → data to release
+    /// (`trim::TrimBatch`).
+    pub const TRIM: &str = "trim";
 
     pub fn k1(a: u64) -> Vec<u8> {
         a.to_be_bytes().to_vec()

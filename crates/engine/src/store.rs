@@ -60,6 +60,10 @@ pub(crate) struct Shared {
     images: Mutex<HashMap<(u64, u64), Arc<ImageState>>>,
     pub config: Config,
     pub dir: Option<PathBuf>,
+    /// Foreground I/O latency (for pacing background work).
+    pub io: Arc<crate::trim::IoStats>,
+    /// The trimming queue's signal and mode (`trim.rs`).
+    pub trim: crate::trim::TrimSignal,
     _lock: Option<DirLock>,
 }
 
@@ -77,7 +81,7 @@ impl Shared {
         })
     }
 
-    fn pool_data(&self, pool: &PoolRecord) -> Result<Arc<dyn ObjectStore>> {
+    pub(crate) fn pool_data(&self, pool: &PoolRecord) -> Result<Arc<dyn ObjectStore>> {
         let mut pools = self.pools.lock();
         if let Some(d) = pools.get(&pool.id) {
             return Ok(d.clone());
@@ -231,6 +235,8 @@ impl Store {
                 images: Mutex::new(HashMap::new()),
                 config,
                 dir,
+                io: Arc::default(),
+                trim: Default::default(),
                 _lock: lock,
             }),
             op_lock: Arc::new(Mutex::new(())),
@@ -734,7 +740,9 @@ impl Store {
         invalidate_maps(&mut rec);
         let extra = ObjectMap::delete_ops(st.meta.as_ref(), st.pool.id, st.id, snap.id)?;
         st.commit_record(rec, extra)?;
-        st.reclaim_and_remap(vec![], progress)
+        st.reclaim_and_remap(vec![], progress)?;
+        drop(_g);
+        self.trim_after(st.pool.id, st.id, progress)
     }
 
     /// Removes every unprotected snapshot; protected ones are reported.
@@ -841,7 +849,9 @@ impl Store {
         rec.parent_overlap = snap.parent_overlap;
         invalidate_maps(&mut rec);
         st.commit_record(rec, vec![])?;
-        st.reclaim_and_remap(vec![], progress)
+        st.reclaim_and_remap(vec![], progress)?;
+        drop(_g);
+        self.trim_after(st.pool.id, st.id, progress)
     }
 
     /// Limits how many snapshots an image may have (`None`: no limit).

@@ -18,7 +18,9 @@ use proptest::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 use vdisk_engine::report::DiffExtent;
-use vdisk_engine::{CreateOptions, Error, Features, Image, ImageSpec, NoProgress, Store};
+use vdisk_engine::{
+    CreateOptions, Error, Features, FullSpeed, Image, ImageSpec, NoProgress, Store,
+};
 use vdisk_storage::{MemMetaStore, MemObjectStore};
 
 const MAX_SIZE: u64 = 256 << 10;
@@ -106,6 +108,9 @@ enum Op {
         img: u8,
     },
     CheckRepair,
+    /// Releases the data queued for trimming (with background trimming on,
+    /// snapshot removal and rollback only queue it).
+    Trim,
 }
 
 fn range() -> impl Strategy<Value = R> {
@@ -137,6 +142,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<u8>(), any::<u16>()).prop_map(|(img, extra)| Op::GrowTo { img, extra }),
         1 => any::<u8>().prop_map(|img| Op::MapRebuild { img }),
         1 => Just(Op::CheckRepair),
+        4 => Just(Op::Trim),
     ]
 }
 
@@ -235,6 +241,9 @@ struct World {
     data: MemObjectStore,
     order: u8,
     store: Option<Store>,
+    /// Trimming is left to `Op::Trim` (as the daemon leaves it to its
+    /// trimmer) instead of done by the operation.
+    background: bool,
     heads: HashMap<String, Image>,
     imgs: Vec<MImg>,
     counter: u32,
@@ -255,6 +264,18 @@ impl World {
             Arc::new(self.data.clone()),
             self.order,
         ));
+        self.store().set_background_trim(self.background);
+    }
+
+    /// Trims everything queued.
+    fn trim(&mut self) {
+        let store = self.store();
+        for t in store.trim_targets().unwrap() {
+            store
+                .trim_image(&t, &mut FullSpeed, &NoProgress, &|| false)
+                .unwrap();
+        }
+        assert_eq!(store.trim_backlog().unwrap(), 0);
     }
 
     fn head(&mut self, i: usize) -> Image {
@@ -686,6 +707,11 @@ impl World {
                 }
                 self.check_head(i);
             }
+            Op::Trim => {
+                self.log.push("trim".into());
+                self.trim();
+                self.check_all_reads();
+            }
             Op::CheckRepair => {
                 self.log.push("check --repair".into());
                 let rep = self.store().check(true).unwrap();
@@ -777,9 +803,14 @@ fn verify_covers(extents: &[(u64, u64)], data: &[u8], what: &str) {
 }
 
 fn run_case(order: u8, size_sectors: u64, ops: &[Op]) {
+    run_case_with(order, size_sectors, ops, false);
+}
+
+fn run_case_with(order: u8, size_sectors: u64, ops: &[Op], background: bool) {
     let meta = MemMetaStore::new();
     let data = MemObjectStore::new();
     let store = open_store(&meta, Arc::new(data.clone()), order);
+    store.set_background_trim(background);
     let size = size_sectors * 512;
     let spec = ImageSpec::parse_image("rbd/img").unwrap();
     store
@@ -796,6 +827,7 @@ fn run_case(order: u8, size_sectors: u64, ops: &[Op]) {
         data,
         order,
         store: Some(store),
+        background,
         heads: HashMap::new(),
         imgs: vec![MImg {
             name: "img".into(),
@@ -806,7 +838,14 @@ fn run_case(order: u8, size_sectors: u64, ops: &[Op]) {
             fully_discarded: false,
         }],
         counter: 0,
-        log: vec![format!("create img size {size} order {order}")],
+        log: vec![format!(
+            "create img size {size} order {order}{}",
+            if background {
+                " (background trimming)"
+            } else {
+                ""
+            }
+        )],
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for (k, op) in ops.iter().enumerate() {
@@ -825,6 +864,16 @@ fn run_case(order: u8, size_sectors: u64, ops: &[Op]) {
         w.reopen();
         w.check_all_reads();
         w.check_clean();
+        w.trim();
+        w.check_all_reads();
+        w.check_clean();
+        // Everything released was released: no data object is left over.
+        let rep = w.store().check(false).unwrap();
+        assert!(
+            !rep.warnings.iter().any(|m| m.contains("orphan")),
+            "{:?}",
+            rep.warnings
+        );
     }));
     if let Err(e) = result {
         eprintln!("operations so far:\n  {}", w.log.join("\n  "));
@@ -849,8 +898,9 @@ proptest! {
         order in 12u8..=14,
         size_sectors in 32u64..=(192 << 10) / 512,
         ops in prop::collection::vec(op(), 1..=max_ops()),
+        background in any::<bool>(),
     ) {
-        run_case(order, size_sectors, &ops);
+        run_case_with(order, size_sectors, &ops, background);
     }
 }
 

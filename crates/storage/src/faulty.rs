@@ -161,6 +161,13 @@ impl ObjectStore for FaultyObjectStore {
         self.inner.sync()
     }
 
+    fn sync_objects(&self, names: &[String]) -> Result<()> {
+        if self.faults.begin("sync", "objects")?.fail_sync {
+            return Err(StorageError::Injected("sync objects: fail_sync".into()));
+        }
+        self.inner.sync_objects(names)
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.faults.begin("list", prefix)?;
         self.inner.list(prefix)

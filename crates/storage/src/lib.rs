@@ -114,6 +114,16 @@ pub trait ObjectStore: Send + Sync + Debug {
     /// When it returns `Ok`, a crash (power loss) loses none of them.
     fn sync(&self) -> Result<()>;
 
+    /// Makes durable what [`ObjectStore::sync`] would, for the named
+    /// objects only (writes, punches, removals of them that returned before
+    /// this call). For background work that must not make the foreground's
+    /// syncs wait for its data, nor its own wait for the foreground's. The
+    /// default syncs everything.
+    fn sync_objects(&self, names: &[String]) -> Result<()> {
+        let _ = names;
+        self.sync()
+    }
+
     /// Names of the existing objects whose name starts with `prefix`, sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
 

@@ -43,6 +43,12 @@ pub struct LocalObjectStore {
     /// Directories (relative to root, `""` = root) with entries created or
     /// removed since the last sync.
     dirty_dirs: Mutex<HashSet<String>>,
+    /// Held by a `sync` from taking the dirty sets until their fsyncs are
+    /// done: a concurrent `sync` that found the sets empty must not return
+    /// while the files another one took are still being synced (two NBD
+    /// connections flushing at once: the second would acknowledge writes
+    /// not yet durable).
+    sync_lock: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -91,6 +97,7 @@ impl LocalObjectStore {
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             dirty_dirs: Mutex::default(),
+            sync_lock: Mutex::default(),
         })
     }
 
@@ -298,6 +305,7 @@ impl ObjectStore for LocalObjectStore {
     }
 
     fn sync(&self) -> Result<()> {
+        let _one = self.sync_lock.lock();
         // Take the sets first: changes made while we sync are marked again
         // and go to the next sync.
         let mut files: Vec<String> = Vec::new();
@@ -346,6 +354,26 @@ impl ObjectStore for LocalObjectStore {
             self.dirty_dirs.lock().extend(dirs);
         }
         result
+    }
+
+    fn sync_objects(&self, names: &[String]) -> Result<()> {
+        // The files (a removed one is simply gone), then their
+        // directories (for removals and creations). They stay in the dirty
+        // sets: a later `sync` fsyncs them again, harmlessly.
+        self.sync_files(names)?;
+        let dirs: HashSet<&str> = names
+            .iter()
+            .map(|n| n.rsplit_once('/').map_or("", |(d, _)| d))
+            .collect();
+        for dir in dirs {
+            let path = self.root.join(dir);
+            match sync_dir(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io(path.display().to_string(), e)),
+            }
+        }
+        Ok(())
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {

@@ -228,6 +228,20 @@ impl ObjectStore for MemObjectStore {
         Ok(())
     }
 
+    fn sync_objects(&self, names: &[String]) -> Result<()> {
+        let objects = self.objects.read();
+        for name in names {
+            if let Some(slot) = objects.get(name) {
+                let mut slot = slot.lock();
+                if slot.dirty {
+                    slot.durable = slot.live.clone();
+                    slot.dirty = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         // BTreeMap order is the sorted order.
         Ok(self

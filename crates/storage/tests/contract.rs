@@ -614,3 +614,34 @@ fn dir_lock() {
     let err = DirLock::acquire(&dir.path().join("nope"), "x").unwrap_err();
     assert!(err.to_string().contains("vdisk.lock"), "{err}");
 }
+
+#[test]
+fn sync_objects_makes_only_the_named_objects_durable() {
+    let s = MemObjectStore::new();
+    s.write_at("a", 0, b"one").unwrap();
+    s.write_at("b", 0, b"two").unwrap();
+    s.write_at("gone", 0, b"x").unwrap();
+    s.sync().unwrap();
+    s.punch("a", 0, 3).unwrap();
+    s.remove("gone").unwrap();
+    s.write_at("b", 0, b"TWO").unwrap();
+    s.sync_objects(&["a".to_string(), "gone".to_string()])
+        .unwrap();
+    s.crash();
+    assert_eq!(read(&s, "a", 0, 3), vec![0; 3]);
+    assert_eq!(read(&s, "b", 0, 3), b"two");
+    assert_eq!(s.list("").unwrap(), vec!["a", "b"]);
+
+    // On files: the named ones are synced (their data stays readable),
+    // missing ones are fine.
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalObjectStore::open(dir.path()).unwrap();
+    local.write_at("img/1.1", 0, b"data").unwrap();
+    local.remove("img/1.1").unwrap();
+    local.write_at("img/2.1", 0, b"more").unwrap();
+    local
+        .sync_objects(&["img/1.1".to_string(), "img/2.1".to_string()])
+        .unwrap();
+    assert_eq!(read(&local, "img/2.1", 0, 4), b"more");
+    assert_eq!(local.list("").unwrap(), vec!["img/2.1"]);
+}
