@@ -60,6 +60,7 @@ pub mod registry;
 mod scheduler;
 mod server;
 mod transmission;
+mod trimmer;
 
 pub use config::{parse_listen, Limits, ServeConfig, DEFAULT_PORT};
 pub use error::{Error, Result};

@@ -168,6 +168,10 @@ impl Server {
             None => (None, None),
         };
 
+        // Space released by snapshot removal and rollback is trimmed in the
+        // background from now on (and what an earlier run left, first).
+        let trimmer = crate::trimmer::Trimmer::start(store.clone(), registry.clone());
+
         // Each listener accepts in its own task and hands connections to
         // this loop, which alone owns the set of connection tasks.
         let (accepted_tx, mut accepted_rx) = mpsc::channel::<Accepted>(64);
@@ -302,6 +306,9 @@ impl Server {
             conns.abort_all();
             while conns.join_next().await.is_some() {}
         }
+        // The trimmer stops between two data operations; what is left
+        // stays queued for the next start.
+        let _ = tokio::task::spawn_blocking(move || trimmer.stop()).await;
         api::wait_for_jobs(&registry, limits.drain_timeout).await;
         let flushed = tokio::task::spawn_blocking(move || store.flush_all()).await;
         if let Some(path) = socket_path {
