@@ -1,4 +1,5 @@
-//! `snap create|ls|rm|rename|rollback|protect|unprotect|purge|limit`.
+//! `snap create|ls|rm|rename|rollback|protect|unprotect|purge|limit`
+//! (`snap schedule` is in `schedule.rs`).
 
 use super::{describe_clients, image_spec, snap_spec, Ctx};
 use crate::args::{LimitCmd, SnapCmd};
@@ -15,7 +16,11 @@ pub fn run(ctx: &Ctx, cmd: SnapCmd) -> Result<()> {
             store.snap_create(&snap_spec(&a.spec)?)?;
         }
         SnapCmd::Ls(a) => return ls(ctx, &a.spec),
-        SnapCmd::Rm(a) => store.snap_remove(&snap_spec(&a.spec)?, &ctx.progress())?,
+        SnapCmd::Rm(a) => {
+            let spec = snap_spec(&a.spec)?;
+            refuse_if_exported(ctx, &spec, Some(&spec))?;
+            store.snap_remove(&spec, &ctx.progress())?
+        }
         SnapCmd::Rename { src, dst } => {
             let src_spec = snap_spec(&src)?;
             let new_name = new_snap_name(&src_spec, &dst)?;
@@ -42,14 +47,40 @@ pub fn run(ctx: &Ctx, cmd: SnapCmd) -> Result<()> {
         SnapCmd::Protect(a) => store.snap_protect(&snap_spec(&a.spec)?)?,
         SnapCmd::Unprotect(a) => store.snap_unprotect(&snap_spec(&a.spec)?)?,
         SnapCmd::Purge(a) => {
-            store.snap_purge(&image_spec(&a.spec)?, &ctx.progress())?;
+            let spec = image_spec(&a.spec)?;
+            refuse_if_exported(ctx, &spec, None)?;
+            store.snap_purge(&spec, &ctx.progress())?;
         }
         SnapCmd::Limit(LimitCmd::Set { spec, limit }) => {
             store.snap_limit(&image_spec(&spec)?, Some(limit))?
         }
         SnapCmd::Limit(LimitCmd::Clear { spec }) => store.snap_limit(&image_spec(&spec)?, None)?,
+        SnapCmd::Schedule(c) => return super::schedule::run(ctx, c),
     }
     Ok(())
+}
+
+/// Refuses to remove a snapshot (`snap`; any of the image's with `None`)
+/// that clients of the daemon are reading: its space is trimmed once it is
+/// gone, and they would read what is left.
+fn refuse_if_exported(ctx: &Ctx, image: &ImageSpec, snap: Option<&ImageSpec>) -> Result<()> {
+    let readers: Vec<_> = ctx
+        .clients_of(image)?
+        .into_iter()
+        .filter(|c| match snap {
+            Some(s) => c.export == s.to_string(),
+            None => c.export.contains('@'),
+        })
+        .collect();
+    if readers.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::refused(format!(
+        "snapshot {} is being read by {}",
+        readers[0].export,
+        describe_clients(&readers)
+    ))
+    .with_hint("disconnect them first (e.g. let the backup finish), then remove it"))
 }
 
 fn ls(ctx: &Ctx, spec: &str) -> Result<()> {

@@ -88,9 +88,18 @@ struct Qio {
 
 impl Qio {
     fn start(uri: &str) -> Qio {
+        Self::start_with(&["-f", "raw", uri])
+    }
+
+    /// Read-only (a snapshot export).
+    fn start_ro(uri: &str) -> Qio {
+        Self::start_with(&["-r", "-f", "raw", uri])
+    }
+
+    fn start_with(args: &[&str]) -> Qio {
         let mut child = spawn(
             Command::new("qemu-io")
-                .args(["-f", "raw", uri])
+                .args(args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null()),
@@ -339,6 +348,18 @@ fn snapshots_and_refusals_while_a_client_writes() {
     // With nobody connected no --force is needed; the head is the
     // snapshot's content.
     e.ok(&["snap", "rollback", "img@s1"]);
+    // A snapshot being read (a backup) is not removed under its reader:
+    // its space would be trimmed.
+    e.ok(&["snap", "create", "img@s2"]);
+    let mut r = Qio::start_ro(&d.uri("img@s2"));
+    r.cmd("read -P 0xaa 0 4k", "read ");
+    let err = e.refused(&["snap", "rm", "img@s2"], REFUSED, "disconnect them first");
+    assert!(err.contains("rbd/img@s2 is being read by 1 client(s)"), "{err}");
+    e.refused(&["snap", "purge", "img"], REFUSED, "disconnect them first");
+    assert!(e.ok(&["snap", "ls", "img"]).contains("s2"));
+    r.quit();
+    wait_disconnected(&e, "img");
+    e.ok(&["snap", "rm", "img@s2"]);
     let out = tool(
         "qemu-io",
         &["-f", "raw", "-c", "read -P 0xaa 0 1M", &d.uri("img")],
