@@ -354,7 +354,10 @@ fn snapshots_and_refusals_while_a_client_writes() {
     let mut r = Qio::start_ro(&d.uri("img@s2"));
     r.cmd("read -P 0xaa 0 4k", "read ");
     let err = e.refused(&["snap", "rm", "img@s2"], REFUSED, "disconnect them first");
-    assert!(err.contains("rbd/img@s2 is being read by 1 client(s)"), "{err}");
+    assert!(
+        err.contains("rbd/img@s2 is being read by 1 client(s)"),
+        "{err}"
+    );
     e.refused(&["snap", "purge", "img"], REFUSED, "disconnect them first");
     assert!(e.ok(&["snap", "ls", "img"]).contains("s2"));
     r.quit();
