@@ -507,6 +507,68 @@ pub enum SnapCmd {
     /// Limit the number of snapshots of an image
     #[command(subcommand)]
     Limit(LimitCmd),
+    /// Take snapshots on a schedule, keeping the newest N (run by `vdisk serve`)
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
+}
+
+#[derive(Debug, Subcommand, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ScheduleCmd {
+    /// Snapshot an image every DURATION, named sched-YYYYMMDDTHHMMSSZ (UTC)
+    ///
+    /// Runs happen at multiples of the interval (1h on the hour, 1d at
+    /// 00:00 UTC, 1w on Mondays), while `vdisk serve` runs; after downtime
+    /// the missed runs are caught up by one. With --keep N, each run then
+    /// removes the oldest snapshots this schedule took beyond N (never
+    /// manual ones; protected or cloned ones are skipped and reported).
+    Add(ScheduleAddArgs),
+    /// List schedules (of one image, or all)
+    #[command(visible_alias = "list")]
+    Ls(ScheduleSpecArg),
+    /// Remove an image's schedules (only the one of --every if given);
+    /// the snapshots they took stay
+    #[command(visible_alias = "remove")]
+    Rm(ScheduleRmArgs),
+    /// Show last run, its result and next run of each schedule, and
+    /// whether a daemon runs them
+    Status(ScheduleSpecArg),
+}
+
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleAddArgs {
+    /// [POOL/]IMAGE
+    #[arg(value_name = "SPEC")]
+    pub spec: String,
+    /// Interval: 15m, 1h, 1h30m, 1d, 1w (at least 1m)
+    #[arg(long, value_name = "DURATION")]
+    pub every: String,
+    /// Keep the newest N snapshots of this schedule [default: all]
+    #[arg(long, value_name = "N")]
+    #[serde(default)]
+    pub keep: Option<u64>,
+}
+
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpecArg {
+    /// [POOL/]IMAGE [default: every image]
+    #[arg(value_name = "SPEC")]
+    #[serde(default)]
+    pub spec: Option<String>,
+}
+
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRmArgs {
+    /// [POOL/]IMAGE
+    #[arg(value_name = "SPEC")]
+    pub spec: String,
+    /// Only the schedule with this interval
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default)]
+    pub every: Option<String>,
 }
 
 #[derive(Debug, Args, Serialize, Deserialize)]

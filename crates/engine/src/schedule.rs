@@ -546,10 +546,7 @@ impl Store {
             .collect();
         if gone.is_empty() {
             return Err(Error::ScheduleNotFound(match every {
-                Some(e) => format!(
-                    "{spec} has no schedule every {} (`vdisk snap schedule ls {spec}` lists them)",
-                    format_duration(e)
-                ),
+                Some(e) => format!("{spec} has no schedule every {}", format_duration(e)),
                 None => format!("{spec} has no snapshot schedule"),
             }));
         }
