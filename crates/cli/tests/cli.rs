@@ -26,6 +26,8 @@ mod meta;
 mod pools;
 #[path = "cli/reports.rs"]
 mod reports;
+#[path = "cli/schedules.rs"]
+mod schedules;
 #[path = "cli/serve.rs"]
 mod serve;
 #[path = "cli/snaps.rs"]

@@ -12,6 +12,7 @@ mod image;
 mod meta;
 mod pool;
 mod report;
+mod schedule;
 mod serve;
 mod snap;
 pub mod status;
