@@ -14,18 +14,18 @@
 
 #[path = "server/raw.rs"]
 mod raw;
+#[path = "server/served.rs"]
+mod served;
 
 use raw::Raw;
+use served::Served;
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 use vdisk_engine::{CreateOptions, ImageSpec, NoProgress, SingleDataBackend, Store};
 use vdisk_nbd::{Command, CommandFlags};
-use vdisk_server::{Limits, ServeConfig, Server};
 use vdisk_storage::{FaultConfig, FaultyObjectStore, LocalObjectStore, MetaStore, RedbMetaStore};
 
 const SIZE: u64 = 64 << 20;
@@ -43,60 +43,6 @@ const DONE: u8 = 3;
 
 fn spec(s: &str) -> ImageSpec {
     ImageSpec::parse(s).expect("spec")
-}
-
-struct Daemon {
-    port: u16,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<thread::JoinHandle<vdisk_server::Result<()>>>,
-}
-
-impl Daemon {
-    fn start(store: Store, dir: &Path) -> Daemon {
-        let cfg = ServeConfig {
-            listen: vec!["127.0.0.1:0".parse().expect("addr")],
-            socket: Some(dir.join("nbd.sock")),
-            limits: Limits::default(),
-            ..ServeConfig::default()
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let server = rt.block_on(Server::bind(store, cfg)).expect("bind");
-        let port = server.local_addrs()[0].port();
-        let (tx, rx) = oneshot::channel::<()>();
-        let thread = thread::spawn(move || {
-            rt.block_on(server.serve(async {
-                let _ = rx.await;
-            }))
-        });
-        Daemon {
-            port,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join()
-                .expect("server thread")
-                .expect("server stopped cleanly");
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
 }
 
 /// Writes 4 KiB at pseudo-random offsets, `QD` in flight, until the phase
@@ -225,7 +171,7 @@ fn snapshot_rotation_with_trimming_does_not_hurt_the_writer() {
             .expect("prefill");
         img.flush().expect("flush");
     }
-    let mut daemon = Daemon::start(store.clone(), dir.path());
+    let mut daemon = Served::start(store.clone(), dir.path().join("nbd.sock"));
     faulty.set(FaultConfig {
         delay: Some(DELAY),
         ..Default::default()

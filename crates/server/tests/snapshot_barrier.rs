@@ -57,21 +57,24 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{self, Read, Write};
+#[path = "server/raw.rs"]
+mod raw;
+#[path = "server/served.rs"]
+mod served;
+
+use raw::handshake;
+use served::Served;
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
 use vdisk_engine::{Config, CreateOptions, ImageSpec, SingleDataBackend, Store};
-use vdisk_nbd::client::{
-    decode_reply, Chunk, ClientConfig, ClientHandshake, ClientProgress, Reply,
-};
-use vdisk_nbd::{Command, CommandFlags, Negotiated, RequestHeader, TransmissionFlags};
-use vdisk_server::{Limits, ServeConfig, Server};
+use vdisk_nbd::client::{decode_reply, Chunk, ClientConfig, Reply};
+use vdisk_nbd::{Command, CommandFlags, RequestHeader, TransmissionFlags};
 use vdisk_storage::{
     FaultConfig, FaultyMetaStore, FaultyObjectStore, LocalObjectStore, MemMetaStore,
     MemObjectStore, RedbMetaStore,
@@ -490,66 +493,6 @@ impl Drop for Jitter {
     }
 }
 
-/// `vdisk serve` in-process on 127.0.0.1:0 and a Unix socket, in its own
-/// runtime thread, until [`Served::stop`].
-struct Served {
-    port: u16,
-    socket: PathBuf,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<vdisk_server::Result<()>>>,
-}
-
-impl Served {
-    fn start(store: Store, socket: PathBuf) -> Served {
-        let cfg = ServeConfig {
-            listen: vec!["127.0.0.1:0".parse().expect("addr")],
-            socket: Some(socket.clone()),
-            limits: Limits::default(),
-            // One writer per image unless from the same client, as
-            // `vdisk serve` runs by default: multi-conn rounds connect
-            // like one qemu (one address, or one process on the socket).
-            ..ServeConfig::default()
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let server = rt.block_on(Server::bind(store, cfg)).expect("bind");
-        let port = server.local_addrs()[0].port();
-        let (tx, rx) = oneshot::channel::<()>();
-        let thread = thread::spawn(move || {
-            rt.block_on(server.serve(async {
-                let _ = rx.await;
-            }))
-        });
-        Served {
-            port,
-            socket,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let result = t.join().expect("server thread panicked");
-            if !thread::panicking() {
-                result.expect("server stopped with an error");
-            }
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Writers: one NBD connection each, pipelined, flat out.
 
@@ -616,31 +559,6 @@ impl Socket for UnixStream {
     }
 }
 
-fn handshake<S: Read + Write>(stream: &mut S, export: &str) -> io::Result<(Negotiated, Vec<u8>)> {
-    let mut hs = ClientHandshake::new(ClientConfig::new(export));
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut input: Vec<u8> = Vec::new();
-    loop {
-        let progress = hs.feed(&input).map_err(io::Error::other)?;
-        input.clear();
-        match progress {
-            ClientProgress::NeedMore => {
-                let n = stream.read(&mut buf)?;
-                if n == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                input.extend_from_slice(&buf[..n]);
-            }
-            ClientProgress::Send(bytes) => stream.write_all(&bytes)?,
-            ClientProgress::Done {
-                negotiated,
-                leftover,
-            } => return Ok((*negotiated, leftover)),
-            other => return Err(io::Error::other(format!("unexpected {other:?}"))),
-        }
-    }
-}
-
 /// A connected writer: handshake done, not yet writing.
 struct Writer {
     conn: usize,
@@ -657,7 +575,7 @@ fn connect<S: Socket>(
     shared: Arc<Shared>,
     seed: u64,
 ) -> Writer {
-    let (neg, leftover) = handshake(&mut stream, EXPORT).expect("handshake");
+    let (neg, leftover) = handshake(&mut stream, ClientConfig::new(EXPORT)).expect("handshake");
     assert!(!neg.flags.contains(TransmissionFlags::READ_ONLY));
     assert!(neg.flags.contains(TransmissionFlags::SEND_FUA));
     assert!(neg.flags.contains(TransmissionFlags::SEND_FLUSH));
@@ -980,7 +898,7 @@ fn nbd_read_all(port: u16, export: &str) -> Vec<u8> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    let (neg, mut buf) = handshake(&mut s, export).expect("handshake");
+    let (neg, mut buf) = handshake(&mut s, ClientConfig::new(export)).expect("handshake");
     assert!(neg.structured_replies);
     let mut out = vec![0u8; neg.size as usize];
     let mut chunk = vec![0u8; 64 * 1024];
