@@ -48,6 +48,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use vdisk_storage::MetaOp;
 
+/// Says why a snapshot must be kept for now (e.g. clients read it), if it
+/// must: given to [`Store::schedule_run_guarded`].
+pub type InUse<'a> = dyn Fn(&ImageSpec) -> Option<String> + 'a;
+
 /// Prefix of the names of scheduled snapshots.
 pub const SCHEDULED_PREFIX: &str = "sched-";
 /// The shortest interval accepted (seconds).
@@ -593,7 +597,19 @@ impl Store {
     /// run itself (snapshot refused, image gone) are in the report and the
     /// record, not errors; errors are failures to read or write records.
     pub fn schedule_run(&self, id: ScheduleId, now: u64) -> Result<Option<RunReport>> {
-        self.schedule_run_with(id, now, &|_| {})
+        self.schedule_run_with(id, now, &|_| {}, &|_| None)
+    }
+
+    /// [`Store::schedule_run`], keeping also the snapshots for which
+    /// `in_use` gives a reason (the daemon: clients are reading them; their
+    /// space would be trimmed under them).
+    pub fn schedule_run_guarded(
+        &self,
+        id: ScheduleId,
+        now: u64,
+        in_use: &InUse<'_>,
+    ) -> Result<Option<RunReport>> {
+        self.schedule_run_with(id, now, &|_| {}, in_use)
     }
 
     /// [`Store::schedule_run`] calling `hook` after the snapshot was taken
@@ -603,6 +619,7 @@ impl Store {
         id: ScheduleId,
         now: u64,
         hook: &dyn Fn(&SnapRecord),
+        in_use: &InUse<'_>,
     ) -> Result<Option<RunReport>> {
         // Claim the slot first: whatever happens next, it is not run again.
         let claimed = {
@@ -689,7 +706,9 @@ impl Store {
         let mut errors = Vec::new();
         match self.snap_list(&spec) {
             Ok(snaps) => {
-                let plan = plan_retention(&rec, &snaps, Some(snap.id), |s| self.busy(&spec, s));
+                let plan = plan_retention(&rec, &snaps, Some(snap.id), |s| {
+                    in_use(&spec.with_snap(&s.name)).or_else(|| self.busy(&spec, s))
+                });
                 result.skipped = plan.skipped;
                 for victim in plan.remove {
                     match self.snap_remove(&spec.with_snap(&victim), &NoProgress) {
@@ -1133,9 +1152,14 @@ mod tests {
         s.schedule_run_due(T0 + H).unwrap();
         let id = one(&s, "vm").id();
         let r = s
-            .schedule_run_with(id, T0 + 2 * H, &|_| {
-                s.schedule_remove(&spec("vm"), None).unwrap();
-            })
+            .schedule_run_with(
+                id,
+                T0 + 2 * H,
+                &|_| {
+                    s.schedule_remove(&spec("vm"), None).unwrap();
+                },
+                &|_| None,
+            )
             .unwrap()
             .unwrap();
         assert!(r.schedule_removed);
@@ -1144,6 +1168,31 @@ mod tests {
         assert!(s.schedule_list(None).unwrap().is_empty());
         assert_eq!(snap_names(&s, "vm").len(), 2);
         assert!(s.schedule_run_due(T0 + 3 * H).unwrap().is_empty());
+    }
+
+    #[test]
+    fn snapshots_in_use_are_kept() {
+        let s = store();
+        create(&s, "vm");
+        s.schedule_add(&spec("vm"), H, Some(1), T0).unwrap();
+        s.schedule_run_due(T0 + H).unwrap();
+        let first = snap_names(&s, "vm");
+        let id = one(&s, "vm").id();
+        let reading = |snap: &ImageSpec| {
+            first
+                .iter()
+                .any(|n| snap.snap.as_deref() == Some(n.as_str()))
+                .then(|| "being read by 1 client(s)".to_string())
+        };
+        let r = s
+            .schedule_run_guarded(id, T0 + 2 * H, &reading)
+            .unwrap()
+            .unwrap();
+        assert!(r.result.ok);
+        assert!(r.result.removed.is_empty());
+        assert_eq!(r.result.skipped.len(), 1);
+        assert!(r.result.skipped[0].reason.contains("being read"));
+        assert_eq!(snap_names(&s, "vm").len(), 2);
     }
 
     #[test]

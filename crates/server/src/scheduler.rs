@@ -228,7 +228,26 @@ async fn run_one(
     }
     let s = store.clone();
     let id = rec.id();
-    let outcome = tokio::task::spawn_blocking(move || s.schedule_run(id, now)).await;
+    let reg = registry.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        // Retention keeps snapshots that clients are reading (a backup):
+        // their space would be trimmed under them.
+        let in_use = |snap: &vdisk_engine::ImageSpec| {
+            let image = crate::registry::ImageRef {
+                pool: snap.pool.clone(),
+                id: id.image_id,
+            };
+            let name = snap.to_string();
+            let readers = reg
+                .connections_to(&image)
+                .into_iter()
+                .filter(|c| c.export == name)
+                .count();
+            (readers > 0).then(|| format!("being read by {readers} client(s)"))
+        };
+        s.schedule_run_guarded(id, now, &in_use)
+    })
+    .await;
     let (reply, result) = match outcome {
         Ok(Ok(Some(report))) => {
             log_run(&report, &every);
