@@ -205,7 +205,7 @@ pub trait ImageRead: Send + Sync + fmt::Debug {
 /// (the last chunk may end anywhere in the last cluster), from any number of
 /// threads, in any order; each guest range is written at most once.
 /// [`ImageWrite::finish`] completes the image and makes it durable; an
-/// image not finished is not valid.
+/// image not finished is not valid (a qcow2 has no header until then).
 pub trait ImageWrite: Send + Sync + fmt::Debug {
     /// Virtual size in bytes.
     fn size(&self) -> u64;
@@ -222,14 +222,23 @@ pub trait ImageWrite: Send + Sync + fmt::Debug {
     /// image reads zeros where nothing was written.
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()>;
 
-    /// Writes what is left (metadata), syncs, and closes.
-    fn finish(self: Box<Self>) -> Result<()>;
+    /// Writes what is left (metadata) and syncs. Waits for writes in
+    /// flight; later writes are refused. `&self`, so a writer shared by
+    /// workers (`Arc<dyn ImageWrite>`) can be finished in place.
+    fn finish(&self) -> Result<()>;
 }
 
-/// True if every byte of `buf` is zero (checks 4 KiB at a time with an OR
-/// fold the compiler vectorizes, returning at the first non-zero block).
+/// True if every byte of `buf` is zero. Looks at the first 16 bytes
+/// first (data that is not zero rarely starts with zeros), then at 256-byte
+/// blocks with an OR fold the compiler vectorizes, stopping at the first
+/// non-zero block: random data costs a few bytes, not a pass over it.
 pub fn is_zero(buf: &[u8]) -> bool {
-    buf.chunks(4096)
+    let head = buf.len().min(16);
+    if buf[..head].iter().any(|&b| b != 0) {
+        return false;
+    }
+    buf[head..]
+        .chunks(256)
         .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 

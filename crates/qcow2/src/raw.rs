@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::image::{push_extent, Extent, Format, ImageRead, ImageWrite, Status};
-use crate::storage::{file_len, read_fill, Storage};
+use crate::storage::{file_len, read_fill, Storage, Writeback};
 
 /// A raw image opened for reading. `Send + Sync`.
 #[derive(Debug)]
@@ -146,6 +146,8 @@ pub struct RawWriter {
     file: File,
     size: u64,
     fresh: bool,
+    durable: bool,
+    writeback: Writeback,
     name: String,
 }
 
@@ -166,6 +168,8 @@ impl RawWriter {
             file,
             size,
             fresh: true,
+            durable: true,
+            writeback: Writeback::default(),
             name,
         })
     }
@@ -182,8 +186,16 @@ impl RawWriter {
             file,
             size,
             fresh: false,
+            durable: true,
+            writeback: Writeback::default(),
             name,
         })
+    }
+
+    /// Whether `finish` syncs the file (default: yes). `qemu-img convert`
+    /// does not sync raw targets; a caller matching it may turn this off.
+    pub fn set_durable(&mut self, durable: bool) {
+        self.durable = durable;
     }
 
     fn check(&self, offset: u64, len: u64) -> Result<()> {
@@ -217,7 +229,11 @@ impl ImageWrite for RawWriter {
                 ),
                 e,
             )
-        })
+        })?;
+        if self.durable {
+            self.writeback.wrote(&self.file, data.len() as u64);
+        }
+        Ok(())
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
@@ -235,7 +251,10 @@ impl ImageWrite for RawWriter {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<()> {
+    fn finish(&self) -> Result<()> {
+        if !self.durable {
+            return Ok(());
+        }
         self.file
             .sync_all()
             .map_err(|e| Error::io(format!("syncing {}", self.name), e))

@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::compress;
 use crate::entry::{self, OFLAG_COPIED, OFLAG_ZERO};
@@ -38,6 +38,7 @@ use crate::header::{
     MAX_REFCOUNT_TABLE_BYTES, MIN_CLUSTER_BITS, WRITE_HEADER_LEN,
 };
 use crate::image::{Format, ImageWrite};
+use crate::storage::Writeback;
 
 /// How to write the image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +56,11 @@ pub struct WriterOptions {
     pub backing_file: Option<String>,
     /// The backing file's format, recorded with the name.
     pub backing_format: Option<Format>,
+    /// Sync data and tables before writing the header, and the header
+    /// after (default). Without it `finish` leaves the bytes to the page
+    /// cache, as `qemu-img convert` does for raw targets: faster, but a
+    /// crash may leave a header that points at tables not on disk.
+    pub durable: bool,
 }
 
 impl Default for WriterOptions {
@@ -65,6 +71,7 @@ impl Default for WriterOptions {
             compression: None,
             backing_file: None,
             backing_format: None,
+            durable: true,
         }
     }
 }
@@ -114,6 +121,10 @@ pub struct Qcow2Writer {
     l2: Vec<OnceLock<Box<[AtomicU64]>>>,
     alloc: Mutex<Alloc>,
     failed: AtomicBool,
+    /// Writes hold it shared; `finish` takes it exclusively (waiting for
+    /// writes in flight) and sets it: later writes are refused.
+    finished: RwLock<bool>,
+    writeback: Writeback,
 }
 
 impl fmt::Debug for Qcow2Writer {
@@ -198,6 +209,8 @@ impl Qcow2Writer {
                 ..Alloc::default()
             }),
             failed: AtomicBool::new(false),
+            finished: RwLock::new(false),
+            writeback: Writeback::default(),
         })
     }
 
@@ -250,7 +263,13 @@ impl Qcow2Writer {
         &table[(cluster % n) as usize]
     }
 
-    fn live(&self) -> Result<()> {
+    fn live(&self, finished: bool) -> Result<()> {
+        if finished {
+            return Err(Error::InvalidRequest(format!(
+                "{} is already finished",
+                self.name
+            )));
+        }
         if self.failed.load(Ordering::Acquire) {
             return Err(Error::InvalidRequest(format!(
                 "an earlier write to {} failed; the image cannot be finished",
@@ -320,6 +339,9 @@ impl Qcow2Writer {
                 format!("writing {} bytes at {at:#x} of {}", data.len(), self.name),
                 e,
             ));
+        }
+        if self.opts.durable {
+            self.writeback.wrote(&self.file, data.len() as u64);
         }
         Ok(())
     }
@@ -441,7 +463,8 @@ impl Qcow2Writer {
 
     /// Writes `data` at guest `offset` (see the type's rules).
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        self.live()?;
+        let finished = self.finished.read();
+        self.live(*finished)?;
         if data.is_empty() {
             return Ok(());
         }
@@ -461,7 +484,8 @@ impl Qcow2Writer {
     /// Marks `[offset, offset + len)` as reading zeros (zero clusters; no
     /// data stored). Same alignment rules as writes.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.live()?;
+        let finished = self.finished.read();
+        self.live(*finished)?;
         if len == 0 {
             return Ok(());
         }
@@ -473,9 +497,13 @@ impl Qcow2Writer {
     }
 
     /// Writes the tables and the header, and syncs: the image is complete
-    /// when this returns.
-    pub fn finish(self) -> Result<WriteSummary> {
-        self.live()?;
+    /// when this returns. Waits for writes in flight; writes after it are
+    /// refused. Takes `&self` so that a writer shared by worker threads
+    /// (`Arc`) can be finished by whichever thread is last.
+    pub fn finish(&self) -> Result<WriteSummary> {
+        let mut finished = self.finished.write();
+        self.live(*finished)?;
+        *finished = true;
         let geo = self.geo;
         let cs = geo.cluster_size();
         let alloc = std::mem::take(&mut *self.alloc.lock());
@@ -526,7 +554,7 @@ impl Qcow2Writer {
         let file_end = rt_offset + rt_clusters * cs;
         let total_clusters = file_end / cs;
 
-        let mut out = Batch::new(&self, l2_start);
+        let mut out = Batch::new(self, l2_start);
         // L2 tables.
         for &i in &l2_used {
             let Some(t) = self.l2[i].get() else { continue };
@@ -574,10 +602,19 @@ impl Qcow2Writer {
         let written_to = out.flush()?;
         debug_assert_eq!(written_to, file_end);
 
-        // Everything the header points to is durable before the header exists.
-        self.file
-            .sync_all()
-            .map_err(|e| Error::io(format!("syncing {}", self.name), e))?;
+        // Everything the header points to is durable before the header
+        // exists (unless the caller chose speed over durability).
+        let sync = |full: bool| {
+            let r = if full {
+                self.file.sync_all()
+            } else {
+                self.file.sync_data()
+            };
+            r.map_err(|e| Error::io(format!("syncing {}", self.name), e))
+        };
+        if self.opts.durable {
+            sync(true)?;
+        }
         let header = Self::header_for(
             &geo,
             self.size,
@@ -588,9 +625,9 @@ impl Qcow2Writer {
             rt_clusters,
         )?;
         self.pwrite(&header, 0)?;
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io(format!("syncing {}", self.name), e))?;
+        if self.opts.durable {
+            sync(false)?;
+        }
         Ok(WriteSummary {
             file_size: file_end,
             data_clusters: alloc.data_clusters,
@@ -653,7 +690,7 @@ impl ImageWrite for Qcow2Writer {
         Qcow2Writer::write_zeroes(self, offset, len)
     }
 
-    fn finish(self: Box<Self>) -> Result<()> {
-        Qcow2Writer::finish(*self).map(|_| ())
+    fn finish(&self) -> Result<()> {
+        Qcow2Writer::finish(self).map(|_| ())
     }
 }

@@ -50,7 +50,7 @@ fn write_image(
             });
         }
     });
-    Arc::into_inner(w).unwrap().finish().unwrap()
+    w.finish().unwrap()
 }
 
 fn check_written(out: &Path, raw: &Path, data: &[u8]) {
@@ -238,6 +238,8 @@ fn api_misuse_is_refused() {
     // Misuse is refused without poisoning the writer.
     w.write_at(&c, 65536).unwrap();
     w.finish().unwrap();
+    assert!(w.write_at(&c, 131072).is_err(), "write after finish");
+    assert!(w.finish().is_err(), "finished twice");
     let r = open_image(&out);
     assert_eq!(read_all(&*r, 1 << 20)[..131072], vec![1u8; 131072][..]);
     for bad in [
@@ -274,6 +276,41 @@ fn api_misuse_is_refused() {
 }
 
 #[test]
+fn shared_writer_finished_in_place_without_sync() {
+    if !have_qemu() {
+        return;
+    }
+    let d = tmpdir();
+    let out = d.path().join("s.qcow2");
+    let opts = WriterOptions {
+        durable: false,
+        ..WriterOptions::default()
+    };
+    let w: Arc<dyn ImageWrite> = Arc::new(Qcow2Writer::create(&out, 8 << 20, &opts).unwrap());
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                for i in (t..128).step_by(4) {
+                    w.write_at(&[i as u8 + 1; 65536], i * 65536).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    w.finish().unwrap();
+    assert_qemu_check_clean(&out);
+    let got = read_all(&*open_image(&out), 1 << 20);
+    for i in 0..128usize {
+        assert!(got[i * 65536..(i + 1) * 65536]
+            .iter()
+            .all(|&b| b == i as u8 + 1));
+    }
+}
+
+#[test]
 fn unfinished_image_is_not_a_qcow2() {
     let d = tmpdir();
     let out = d.path().join("u.qcow2");
@@ -298,7 +335,7 @@ fn raw_writer_fresh_and_existing() {
     let w = RawWriter::create(&out, 1 << 20).unwrap();
     w.write_at(&[3u8; 1000], 5).unwrap();
     w.write_zeroes(4096, 4096).unwrap();
-    Box::new(w).finish().unwrap();
+    w.finish().unwrap();
     let b = std::fs::read(&out).unwrap();
     assert_eq!(b.len(), 1 << 20);
     assert!(b[5..1005].iter().all(|&x| x == 3));
@@ -312,6 +349,6 @@ fn raw_writer_fresh_and_existing() {
         .unwrap();
     let w = RawWriter::existing(f, 1 << 20, "r.raw".into()).unwrap();
     w.write_zeroes(0, 1 << 20).unwrap();
-    Box::new(w).finish().unwrap();
+    w.finish().unwrap();
     assert!(std::fs::read(&out).unwrap().iter().all(|&x| x == 0));
 }
