@@ -1203,8 +1203,28 @@ mod tests {
         s.schedule_add(&spec("vm"), H, Some(2), T0).unwrap();
         s.schedule_add(&spec("other"), H, None, T0).unwrap();
         s.schedule_run_due(T0 + H).unwrap();
+        // `rm` takes the image's schedules with it.
+        create(&s, "tmp");
+        s.schedule_add(&spec("tmp"), H, None, T0).unwrap();
+        s.remove(&spec("tmp")).unwrap();
+        assert_eq!(s.schedule_list(None).unwrap().len(), 2);
+        // An image gone by other means (a metadata restore): its schedule
+        // is disabled at its next run.
         s.snap_purge(&spec("vm"), &NoProgress).unwrap();
-        s.remove(&spec("vm")).unwrap();
+        let pool = s.pool("rbd").unwrap();
+        let id = s.record(&spec("vm")).unwrap().id;
+        s.meta_store()
+            .commit(vec![
+                MetaOp::Delete {
+                    table: keys::IMAGES,
+                    key: keys::k2(pool.id, id),
+                },
+                MetaOp::Delete {
+                    table: keys::NAMES,
+                    key: keys::name_key(pool.id, "vm"),
+                },
+            ])
+            .unwrap();
         let r = s.schedule_run_due(T0 + 2 * H).unwrap();
         assert_eq!(r.len(), 2, "the other schedule still runs: {r:?}");
         let gone = r.iter().find(|r| r.spec.image == "vm").unwrap();

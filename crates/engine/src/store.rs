@@ -565,7 +565,9 @@ impl Store {
                 key: keys::name_key(pool.id, &spec.image),
             },
         ];
-        for table in [keys::OBJECTS, keys::OBJMAP] {
+        // Its schedules go with it; so does data queued for trimming (all
+        // its data objects are removed below).
+        for table in [keys::OBJECTS, keys::OBJMAP, keys::SCHEDULES, keys::TRIM] {
             for (key, _) in self.meta().scan(table, &keys::k2(pool.id, id))? {
                 ops.push(MetaOp::Delete { table, key });
             }
