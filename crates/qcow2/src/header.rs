@@ -260,8 +260,8 @@ impl Header {
 
     /// Parses the header from the first bytes of the file (at least the
     /// first cluster, or the whole file if it is shorter). Validates every
-    /// field that can be checked without knowing the file length; see
-    /// [`Header::check_against_file`] for the rest.
+    /// field that can be checked without knowing the file length (the
+    /// reader checks the tables against the file when it opens it).
     pub fn parse(buf: &[u8]) -> Result<Header> {
         Self::wanted_len(buf)?;
         let version = be32(buf, 4);
