@@ -10,7 +10,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 export VDISK_REQUIRE_TOOLS=1
 need=()
 for tool in qemu-img:qemu-utils qemu-io:qemu-utils nbdinfo:libnbd-bin nbdcopy:libnbd-bin \
-            python3:python3 sfdisk:fdisk sgdisk:gdisk; do
+            python3:python3 sfdisk:fdisk sgdisk:gdisk nbdkit:nbdkit qemu-nbd:qemu-utils; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -93,10 +93,10 @@ pub enum Command {
     #[command(visible_alias = "copy")]
     Cp(CpArgs),
 
-    /// Import a raw file, block device or standard input into a new image
+    /// Import a raw or qcow2 file, block device, NBD export or standard input into a new image
     Import(ImportArgs),
 
-    /// Export an image or snapshot as raw bytes to a file or standard output
+    /// Export an image or snapshot as raw or qcow2 to a file, device, NBD export or standard output
     /// (`--export-format 2`: the image with every snapshot, as `rbd export`)
     Export(ExportArgs),
 
@@ -119,6 +119,33 @@ pub enum Command {
 
     /// Merge two consecutive RBD diffs (S1→S2, S2→S3) into one (S1→S3) (`rbd merge-diff`)
     MergeDiff(MergeDiffArgs),
+
+    /// Copy a disk between raw or qcow2 files, block devices, NBD servers and pool images
+    ///
+    /// SRC and DST are each a file or block device (a path starting with `/`
+    /// or `.`), an NBD URI (`nbd://HOST[:PORT]/EXPORT`,
+    /// `nbd+unix:///EXPORT?socket=PATH`) or an image spec `[POOL/]IMAGE[@SNAP]`.
+    /// A new file or image is created (an existing file needs --force); a
+    /// block device, an NBD export or, with -n, anything existing is
+    /// overwritten and never assumed to read zeros: its fast zeroing is used
+    /// only after vdisk proved that it zeroes (incident 1), else zeros are
+    /// written as data, with a warning. Block devices and NBD destinations are
+    /// read back and compared afterwards unless --no-verify.
+    Convert(ConvertArgs),
+
+    /// Compare two disks' contents (exit 0: identical, 1: different, 2: error), like `qemu-img compare`
+    ///
+    /// A and B are files, block devices, NBD URIs or image specs (as in
+    /// `convert`). Disks of different sizes are equal when the longer one
+    /// reads zeros past the shorter one's end. The first differing offset is
+    /// printed.
+    Compare(CompareArgs),
+
+    /// List a disk's data and zero extents, like `qemu-img map`
+    ///
+    /// SRC is a file, block device, NBD URI or image spec (as in `convert`);
+    /// `--format json` prints qemu-img's `--output=json` fields.
+    Map(MapArgs),
 
     /// Manage snapshots
     #[command(subcommand)]
@@ -327,8 +354,9 @@ pub struct CpArgs {
 #[derive(Debug, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportArgs {
-    /// Raw file or block device to read, or `-` for standard input
-    #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
+    /// Raw or qcow2 file, block device, NBD URI (nbd://HOST[:PORT]/EXPORT,
+    /// nbd+unix:///EXPORT?socket=PATH), or `-` for standard input (raw)
+    #[arg(value_name = "FILE|URI|-", allow_hyphen_values = true)]
     pub file: String,
 
     /// Image to create: [POOL/]IMAGE [default: the file's base name]
@@ -357,6 +385,10 @@ pub struct ImportArgs {
     #[arg(long, requires = "export_format")]
     #[serde(default)]
     pub no_sum: bool,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub copy: CopyArgs,
 }
 
 #[derive(Debug, Args, Serialize, Deserialize)]
@@ -366,8 +398,8 @@ pub struct ExportArgs {
     #[arg(value_name = "SPEC")]
     pub spec: String,
 
-    /// File or block device to write, or `-` for standard output
-    #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
+    /// File or block device to write, an NBD URI, or `-` for standard output
+    #[arg(value_name = "FILE|URI|-", allow_hyphen_values = true)]
     pub file: String,
 
     /// Overwrite FILE if it exists (needed for block devices too)
@@ -385,6 +417,20 @@ pub struct ExportArgs {
     #[arg(long, requires = "export_format")]
     #[serde(default)]
     pub no_sum: bool,
+
+    /// Format of FILE: raw (default) or qcow2
+    #[arg(short = 'O', long = "dst-format", value_enum, value_name = "FMT")]
+    #[serde(default)]
+    pub dst_format: Option<ImageFormat>,
+
+    /// Write a compressed qcow2 (implies -O qcow2)
+    #[arg(short = 'c', long)]
+    #[serde(default)]
+    pub compress: bool,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub copy: CopyArgs,
 }
 
 #[derive(Debug, Args, Serialize, Deserialize)]
@@ -842,4 +888,143 @@ pub struct StatusArgs {
     #[arg(value_name = "SPEC")]
     #[serde(default)]
     pub spec: Option<String>,
+}
+
+/// Formats of image files (`-f`, `-O`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// Raw bytes
+    Raw,
+    /// qcow2 (read: v2/v3, backing chains, compression; written: v3)
+    Qcow2,
+}
+
+/// qcow2 compression (`-c`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// zlib (deflate), what qemu-img uses by default
+    Zlib,
+    /// zstd
+    Zstd,
+}
+
+/// How `convert`, `import` and `export` copy (shared by the three).
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyArgs {
+    /// Format of the source file [default: detected]
+    #[arg(short = 'f', long = "src-format", value_enum, value_name = "FMT")]
+    #[serde(default)]
+    pub src_format: Option<ImageFormat>,
+
+    /// Write into the existing destination instead of creating it (qemu-img's -n);
+    /// it is not assumed to read zeros
+    #[arg(short = 'n', long = "no-create")]
+    #[serde(default)]
+    pub no_create: bool,
+
+    /// The existing destination already reads zeros everywhere: zero ranges are skipped.
+    /// Only say so if you know it (a freshly created thin LV, a new NBD export)
+    #[arg(long)]
+    #[serde(default)]
+    pub target_is_zero: bool,
+
+    /// Read the destination back and compare it with the source [default: on for
+    /// block devices and NBD destinations]
+    #[arg(long, overrides_with = "no_verify")]
+    #[serde(default)]
+    pub verify: bool,
+
+    /// Do not read the destination back
+    #[arg(long, overrides_with = "verify")]
+    #[serde(default)]
+    pub no_verify: bool,
+
+    /// Parallel requests (qemu-img's -m) [default: 8]
+    #[arg(short = 'm', long = "parallel", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[serde(default)]
+    pub parallel: Option<u16>,
+
+    /// Show progress (it is shown anyway when stderr is a terminal, never when
+    /// piped or with --no-progress)
+    #[arg(short = 'p')]
+    #[serde(default)]
+    pub progress: bool,
+}
+
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvertArgs {
+    /// File, block device, nbd:// or nbd+unix:// URI, or [POOL/]IMAGE[@SNAP]
+    #[arg(value_name = "SRC")]
+    pub src: String,
+
+    /// File, block device, nbd:// or nbd+unix:// URI, or [POOL/]IMAGE (created unless -n)
+    #[arg(value_name = "DST")]
+    pub dst: String,
+
+    /// Format of a destination file [default: raw]
+    #[arg(short = 'O', long = "dst-format", value_enum, value_name = "FMT")]
+    #[serde(default)]
+    pub dst_format: Option<ImageFormat>,
+
+    /// Compress a qcow2 destination (implies -O qcow2)
+    #[arg(short = 'c', long)]
+    #[serde(default)]
+    pub compress: bool,
+
+    /// Compression of -c
+    #[arg(long, value_enum, value_name = "TYPE", default_value_t = Compression::Zlib)]
+    #[serde(default = "zlib")]
+    pub compression_type: Compression,
+
+    /// Replace an existing destination file
+    #[arg(long)]
+    #[serde(default)]
+    pub force: bool,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub copy: CopyArgs,
+}
+
+fn zlib() -> Compression {
+    Compression::Zlib
+}
+
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareArgs {
+    /// File, block device, NBD URI or [POOL/]IMAGE[@SNAP]
+    #[arg(value_name = "A")]
+    pub a: String,
+
+    /// File, block device, NBD URI or [POOL/]IMAGE[@SNAP]
+    #[arg(value_name = "B")]
+    pub b: String,
+
+    /// Format of A if a file [default: detected]
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    #[serde(default)]
+    pub a_format: Option<ImageFormat>,
+
+    /// Format of B if a file [default: detected]
+    #[arg(short = 'F', value_enum, value_name = "FMT")]
+    #[serde(default)]
+    pub b_format: Option<ImageFormat>,
+}
+
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapArgs {
+    /// File, block device, NBD URI or [POOL/]IMAGE[@SNAP]
+    #[arg(value_name = "SRC")]
+    pub src: String,
+
+    /// Format of SRC if a file [default: detected]
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    #[serde(default)]
+    pub src_format: Option<ImageFormat>,
 }

@@ -32,7 +32,7 @@ impl Bar {
 
 /// Work measured in bytes (the rest counts objects).
 fn is_bytes(what: &str) -> bool {
-    matches!(what, "import" | "export" | "copy")
+    matches!(what, "import" | "export" | "copy" | "compare")
 }
 
 fn style(what: &str, total: u64) -> ProgressStyle {

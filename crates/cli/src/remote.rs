@@ -104,8 +104,8 @@ fn absolutize(command: &mut Command) -> Result<()> {
             .map_err(|_| CliError::invalid(format!("{p:?} is not a UTF-8 path")))
     }
     match command {
-        Command::Import(a) => a.file = abs(&a.file)?,
-        Command::Export(a) => a.file = abs(&a.file)?,
+        Command::Import(a) if !vdisk_convert::NbdUri::looks_like(&a.file) => a.file = abs(&a.file)?,
+        Command::Export(a) if !vdisk_convert::NbdUri::looks_like(&a.file) => a.file = abs(&a.file)?,
         Command::ExportDiff(a) => a.file = abs(&a.file)?,
         Command::ImportDiff(a) => a.file = abs(&a.file)?,
         Command::MergeDiff(a) => {
@@ -113,6 +113,21 @@ fn absolutize(command: &mut Command) -> Result<()> {
             a.second = abs(&a.second)?;
             a.out = abs(&a.out)?;
         }
+        Command::Convert(a) => {
+            for p in [&mut a.src, &mut a.dst] {
+                if commands::is_file_source(p) {
+                    *p = abs(p)?
+                }
+            }
+        }
+        Command::Compare(a) => {
+            for p in [&mut a.a, &mut a.b] {
+                if commands::is_file_source(p) {
+                    *p = abs(p)?
+                }
+            }
+        }
+        Command::Map(a) if commands::is_file_source(&a.src) => a.src = abs(&a.src)?,
         Command::Gpt(a) if commands::is_file_source(&a.src) => {
             a.shown_as = Some(a.src.clone());
             a.src = abs(&a.src)?

@@ -18,6 +18,14 @@ pub enum Error {
     /// A qcow2/raw file error.
     #[error(transparent)]
     Image(#[from] vdisk_qcow2::Error),
+    /// A qcow2/raw file error, naming the file.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        source: vdisk_qcow2::Error,
+    },
     /// An engine (pool image) error.
     #[error(transparent)]
     Engine(#[from] vdisk_engine::Error),
@@ -79,7 +87,7 @@ impl Error {
                 std::io::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
                 _ => ErrorKind::Io,
             },
-            Error::Image(e) => match e {
+            Error::Image(e) | Error::File { source: e, .. } => match e {
                 vdisk_qcow2::Error::Io { source, .. }
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {

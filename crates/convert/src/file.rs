@@ -29,7 +29,7 @@ impl FileSource {
             format,
             ..Default::default()
         };
-        let image = vdisk_qcow2::open(path, &opts)?;
+        let image = vdisk_qcow2::open(path, &opts).map_err(|e| in_file(path, e))?;
         Ok(FileSource {
             image,
             path: path.to_path_buf(),
@@ -57,12 +57,18 @@ impl Source for FileSource {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        Ok(self.image.read_at(buf, offset)?)
+        self.image
+            .read_at(buf, offset)
+            .map_err(|e| in_file(&self.path, e))
     }
 
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let mut out = Vec::new();
-        for e in self.image.block_status(offset, len)? {
+        let status = self
+            .image
+            .block_status(offset, len)
+            .map_err(|e| in_file(&self.path, e))?;
+        for e in status {
             let kind = match e.status {
                 Status::Data => Kind::Data,
                 Status::Zero => Kind::Zero,
@@ -85,6 +91,19 @@ impl Source for FileSource {
             });
         }
         Ok(out)
+    }
+}
+
+/// Names the file in an error that does not already.
+fn in_file(path: &Path, e: vdisk_qcow2::Error) -> Error {
+    let shown = path.display().to_string();
+    if e.to_string().contains(&shown) {
+        Error::Image(e)
+    } else {
+        Error::File {
+            path: shown,
+            source: e,
+        }
     }
 }
 

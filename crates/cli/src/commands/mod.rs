@@ -6,6 +6,7 @@
 
 mod bench;
 mod clone;
+mod convert;
 mod diff_io;
 mod gpt;
 mod image;
@@ -197,6 +198,12 @@ pub fn run(cli: Cli) -> Result<u8> {
             return Ok(0);
         }
         Command::Status(a) => return status::run(&dir, cli.format, a).map(|()| 0),
+        // Files and NBD only: no data directory, no daemon.
+        c if convert::files_only(&c) => {
+            let ctx = Ctx::local(convert::scratch_store()?, cli.format, cli.no_progress);
+            dispatch(&ctx, c)?;
+            return Ok(0);
+        }
         other => other,
     };
     if let Some(client) = crate::remote::find_daemon(&dir)? {
@@ -232,9 +239,14 @@ pub fn dispatch(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Gpt(a) => gpt::gpt(ctx, a),
         Command::Cp(a) => transfer::cp(ctx, a),
         Command::Import(a) if a.export_format == Some(2) => diff_io::import_image(ctx, a),
+        Command::Import(a) if convert::import_wants_convert(&a) => convert::import(ctx, a),
         Command::Import(a) => transfer::import(ctx, a),
         Command::Export(a) if a.export_format == Some(2) => diff_io::export_image(ctx, a),
+        Command::Export(a) if convert::export_wants_convert(&a) => convert::export(ctx, a),
         Command::Export(a) => transfer::export(ctx, a),
+        Command::Convert(a) => convert::convert(ctx, a),
+        Command::Compare(a) => convert::compare(ctx, a),
+        Command::Map(a) => convert::map(ctx, a),
         Command::ExportDiff(a) => diff_io::export_diff(ctx, a),
         Command::ImportDiff(a) => diff_io::import_diff(ctx, a),
         Command::MergeDiff(a) => diff_io::merge_diff(ctx, a),
