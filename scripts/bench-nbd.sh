@@ -1,77 +1,112 @@
 #!/usr/bin/env bash
-# NBD serving benchmark (BENCHMARKS.md, "NBD serving"): vdisk serve and the
-# peers of ../shared/bench (qemu-nbd raw/qcow2, nbdkit file/memory), one
-# after another in the same run, with the same fio jobs
-# (../shared/bench/bench-nbd.sh: 1 MiB sequential read/write QD16, 4 KiB
-# random read/write QD16, median of REPS interleaved runs).
+# NBD serving benchmark (BENCHMARKS.md, "NBD serving"): `vdisk serve` and
+# the peers of ../shared/bench (qemu-nbd on raw and qcow2, nbdkit file and
+# memory), all running at once, measured with the fio jobs of
+# ../shared/bench/bench-nbd.sh (fio's nbd engine, one connection: 1 MiB
+# sequential read/write at QD16, 4 KiB random read/write at QD16, time
+# based), *interleaved*: each repetition runs every job on every server
+# before the next repetition, so machine noise and drift fall on all
+# servers alike. Medians of REPS, then ratios vdisk / peer.
 #
 # Usage: scripts/bench-nbd.sh [SERVERS...]
-#   servers: vdisk-tcp vdisk-unix qnbd-raw-tcp qnbd-qcow2-tcp kit-file-tcp
-#            kit-file-unix kit-mem-tcp ... (default: vdisk-tcp kit-file-tcp
-#            kit-mem-tcp qnbd-raw-tcp qnbd-qcow2-tcp vdisk-unix kit-file-unix)
-# Env: REPS (3), RUNTIME (10 s), NBD_SIZE (2G), BENCH_DIR (/var/tmp),
-#      plus anything bench-nbd.sh takes. Results: one summary per server
-#      under /tmp/vdisk-bench/bench-nbd/, and a ratio table at the end.
+#   servers: vdisk-tcp vdisk-unix and the names of nbd-peers.sh
+#   (default: vdisk-tcp kit-file-tcp kit-mem-tcp qnbd-raw-tcp qnbd-qcow2-tcp)
+# Env: REPS (5), RUNTIME (10 s), RAMP (1 s), QD (16), SEQ_QD (16),
+#      NBD_SIZE (2G), BENCH_DIR (/var/tmp), OUTDIR (/tmp/vdisk-bench/nbd-interleaved)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED_BENCH:-$(cd ../shared/bench && pwd)}
-SERVERS=${*:-"vdisk-tcp kit-file-tcp kit-mem-tcp qnbd-raw-tcp qnbd-qcow2-tcp vdisk-unix kit-file-unix"}
+SERVERS=${*:-"vdisk-tcp kit-file-tcp kit-mem-tcp qnbd-raw-tcp qnbd-qcow2-tcp"}
 export NBD_SIZE=${NBD_SIZE:-2G}
-OUT=${OUTDIR:-/tmp/vdisk-bench/bench-nbd}
-export OUTDIR=$OUT
+REPS=${REPS:-5}
+RUNTIME=${RUNTIME:-10}
+RAMP=${RAMP:-1}
+QD=${QD:-16}
+SEQ_QD=${SEQ_QD:-16}
+OUT=${OUTDIR:-/tmp/vdisk-bench/nbd-interleaved}
+command -v fio >/dev/null || { echo "fio not installed (apt-get install -y fio)" >&2; exit 1; }
 cargo build --release --quiet --bin vdisk
 V=$PWD/target/release/vdisk
-base=${BENCH_DIR:-/var/tmp}
-work=$(mktemp -d "$base/vdisk-nbd-bench.XXXXXX")
-pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$work"; }
+work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/vdisk-nbd-bench.XXXXXX")
+vpid=
+peers=()
+cleanup() {
+  [ -n "$vpid" ] && kill "$vpid" 2>/dev/null && wait "$vpid" 2>/dev/null
+  [ ${#peers[@]} -gt 0 ] && ONLY="${peers[*]}" "$SHARED/nbd-peers.sh" clean >/dev/null
+  rm -rf "$work"
+}
 trap cleanup EXIT
+rm -rf "$OUT"
+mkdir -p "$OUT"
+
+uri_of() {
+  case "$1" in
+    vdisk-tcp) echo nbd://127.0.0.1:10815/bench ;;
+    vdisk-unix) echo "nbd+unix:///bench?socket=$work/nbd.sock" ;;
+    *) ONLY=$1 "$SHARED/nbd-peers.sh" uri "$1" ;;
+  esac
+}
 
 for s in $SERVERS; do
   case "$s" in
-    vdisk-tcp|vdisk-unix)
-      rm -rf "$work/store"
-      "$V" --dir "$work/store" --no-progress create bench --size "$NBD_SIZE"
-      "$V" --dir "$work/store" serve --listen 127.0.0.1:10815 --socket "$work/nbd.sock" 2>"$work/serve.log" &
-      pid=$!
-      for _ in $(seq 100); do [ -S "$work/nbd.sock" ] && break; sleep 0.1; done
-      if [ "$s" = vdisk-tcp ]; then uri=nbd://127.0.0.1:10815/bench
-      else uri="nbd+unix:///bench?socket=$work/nbd.sock"; fi
-      LABEL=$s "$SHARED/bench-nbd.sh" "$uri"
-      kill "$pid"; wait "$pid" || true; pid=
-      ;;
-    *)
-      ONLY=$s "$SHARED/nbd-peers.sh" clean >/dev/null
-      ONLY=$s "$SHARED/nbd-peers.sh" start >/dev/null
-      LABEL=$s "$SHARED/bench-nbd.sh" "$(ONLY=$s "$SHARED/nbd-peers.sh" uri "$s")"
-      ONLY=$s "$SHARED/nbd-peers.sh" clean >/dev/null
-      ;;
+    vdisk-*)
+      if [ -z "$vpid" ]; then
+        "$V" --dir "$work/store" --no-progress create bench --size "$NBD_SIZE"
+        "$V" --dir "$work/store" serve --listen 127.0.0.1:10815 --socket "$work/nbd.sock" \
+          2>"$work/serve.log" &
+        vpid=$!
+        for _ in $(seq 100); do [ -S "$work/nbd.sock" ] && break; sleep 0.1; done
+      fi ;;
+    *) peers+=("$s") ;;
   esac
-  echo
+done
+# One clean for all peers: nbd-peers.sh clean deletes every image in its
+# directory, including those of peers already serving (nbdkit's file
+# plugin opens its file per connection).
+if [ ${#peers[@]} -gt 0 ]; then
+  ONLY="${peers[*]}" "$SHARED/nbd-peers.sh" clean >/dev/null
+  ONLY="${peers[*]}" "$SHARED/nbd-peers.sh" start
+fi
+
+common=(--ioengine=nbd --numjobs=1 --group_reporting --output-format=json)
+job() { # server name rw bs qd
+  fio --name="$2" "${common[@]}" --uri="$(uri_of "$1")" --rw="$3" --bs="$4" --iodepth="$5" \
+      --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --output="$OUT/$1.$2.json"
+}
+
+echo "# prefill (one full 1 MiB write pass per server, so reads are of written data)"
+for s in $SERVERS; do
+  fio --name=prefill "${common[@]}" --uri="$(uri_of "$s")" --rw=write --bs=1M \
+      --iodepth="$SEQ_QD" --size="$NBD_SIZE" --output="$OUT/$s.prefill.json"
+done
+for r in $(seq "$REPS"); do
+  echo "# repetition $r of $REPS"
+  for s in $SERVERS; do job "$s" "seq-read.$r" read 1M "$SEQ_QD"; done
+  for s in $SERVERS; do job "$s" "seq-write.$r" write 1M "$SEQ_QD"; done
+  for s in $SERVERS; do job "$s" "rand-read.$r" randread 4k "$QD"; done
+  for s in $SERVERS; do job "$s" "rand-write.$r" randwrite 4k "$QD"; done
 done
 
 python3 - "$OUT" $SERVERS <<'PY'
-import sys, os, re
+import glob, json, os, statistics, sys
 out, servers = sys.argv[1], sys.argv[2:]
-rows = {}
-for s in servers:
-    p = os.path.join(out, s, 'summary.txt')
-    if not os.path.exists(p): continue
-    for line in open(p):
-        m = re.match(r'(seq-read|seq-write|rand-read|rand-write)\s+(\d+)', line)
-        if m: rows.setdefault(m.group(1), {})[s] = float(m.group(2))
-def ref(kind):
-    return {'tcp': 'kit-file-tcp', 'unix': 'kit-file-unix'}[kind]
-print('job         ' + ''.join(f'{s:>15}' for s in servers))
-for job in ['seq-read', 'seq-write', 'rand-read', 'rand-write']:
-    r = rows.get(job, {})
-    print(f'{job:<12}' + ''.join(f'{r.get(s, 0):>15.0f}' for s in servers))
+def load(p):
+    t = open(p).read()
+    j = json.loads(t[t.index('{'):])['jobs'][0]
+    d = j['read'] if j['read']['io_bytes'] else j['write']
+    return d['bw'] / 1024.0, d['iops']
+jobs = [('seq-read', 0, 'MiB/s'), ('seq-write', 0, 'MiB/s'), ('rand-read', 1, 'IOPS'), ('rand-write', 1, 'IOPS')]
+med = {}
+print(f"{'job':<11}" + ''.join(f"{s:>16}" for s in servers))
+for job, k, unit in jobs:
+    row = []
+    for s in servers:
+        vals = [load(p)[k] for p in sorted(glob.glob(os.path.join(out, f"{s}.{job}.*.json")))]
+        med[(job, s)] = statistics.median(vals)
+        row.append(f"{med[(job, s)]:>10.0f} {unit:<5}")
+    print(f"{job:<11}" + ''.join(row))
 for v in [s for s in servers if s.startswith('vdisk-')]:
     kind = v.split('-')[1]
-    for peer in [ref(kind), 'kit-mem-' + kind, 'qnbd-raw-' + kind]:
-        if peer not in servers: continue
-        ratios = ' '.join(f"{job}={rows[job][v] / rows[job][peer]:.2f}"
-                          for job in ['seq-read', 'seq-write', 'rand-read', 'rand-write']
-                          if rows.get(job, {}).get(peer))
-        print(f'{v} / {peer}: {ratios}')
+    for peer in [s for s in servers if not s.startswith('vdisk-') and s.endswith(kind)]:
+        print(f"{v} / {peer}: " + '  '.join(f"{job} {med[(job, v)] / med[(job, peer)]:.2f}" for job, _, _ in jobs))
 PY
