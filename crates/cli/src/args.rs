@@ -942,10 +942,16 @@ pub struct CopyArgs {
     #[serde(default)]
     pub no_verify: bool,
 
-    /// Parallel requests (qemu-img's -m) [default: 8]
+    /// Parallel requests (qemu-img's -m) [default: 4]
     #[arg(short = 'm', long = "parallel", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     #[serde(default)]
     pub parallel: Option<u16>,
+
+    /// Do not sync a file destination at the end: leave the data to the page
+    /// cache, as `qemu-img convert` does (faster; a crash may lose the copy)
+    #[arg(long)]
+    #[serde(default)]
+    pub no_sync: bool,
 
     /// Show progress (it is shown anyway when stderr is a terminal, never when
     /// piped or with --no-progress)

@@ -115,6 +115,7 @@ pub struct FileDest {
     size: u64,
     block: bool,
     created: bool,
+    durable: bool,
 }
 
 /// `BLKZEROOUT` = `_IO(0x12, 127)`: zero a byte range of a block device
@@ -144,6 +145,7 @@ impl FileDest {
             size,
             block: false,
             created: true,
+            durable: true,
         })
     }
 
@@ -180,7 +182,15 @@ impl FileDest {
             size,
             block,
             created: target_is_zero,
+            durable: true,
         })
+    }
+
+    /// Whether [`Dest::finish`] syncs (default). Without it the data is
+    /// left to the page cache, as `qemu-img convert` leaves it: faster, but
+    /// a crash may lose it.
+    pub fn set_durable(&mut self, durable: bool) {
+        self.durable = durable;
     }
 
     /// Whether this is a block device.
@@ -303,6 +313,9 @@ impl Dest for FileDest {
     }
 
     fn finish(&self) -> Result<()> {
+        if !self.durable {
+            return Ok(());
+        }
         self.file
             .sync_data()
             .map_err(Error::io(format!("syncing {}", self.path.display())))

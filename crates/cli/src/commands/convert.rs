@@ -269,6 +269,7 @@ fn open_dest(ctx: &Ctx, d: &DstArgs<'_>, size: u64) -> Result<(Box<dyn Dest>, Cr
                         Compression::Zlib => vdisk_qcow2::CompressionType::Zlib,
                         Compression::Zstd => vdisk_qcow2::CompressionType::Zstd,
                     }),
+                    durable: !c.no_sync,
                     ..Default::default()
                 };
                 if exists && !is_regular {
@@ -284,11 +285,13 @@ fn open_dest(ctx: &Ctx, d: &DstArgs<'_>, size: u64) -> Result<(Box<dyn Dest>, Cr
                 return Ok((Box::new(dest), created, false));
             }
             if exists && (c.no_create || !is_regular) {
-                let dest = FileDest::existing(&path, c.target_is_zero)?;
+                let mut dest = FileDest::existing(&path, c.target_is_zero)?;
+                dest.set_durable(!c.no_sync);
                 let block = dest.is_block_device();
                 return Ok((Box::new(dest), Created::default(), block));
             }
-            let dest = FileDest::create(&path, size, d.force)?;
+            let mut dest = FileDest::create(&path, size, d.force)?;
+            dest.set_durable(!c.no_sync);
             Ok((
                 Box::new(dest),
                 Created {
@@ -318,7 +321,7 @@ fn run_copy(ctx: &Ctx, src: &dyn Source, d: &DstArgs<'_>) -> Result<()> {
     let c = d.copy;
     let (dest, created, verify_default) = open_dest(ctx, d, src.size())?;
     let opts = CopyOptions {
-        workers: c.parallel.map_or(8, usize::from),
+        workers: c.parallel.map_or(4, usize::from),
         verify: !c.no_verify && (c.verify || verify_default),
         ..CopyOptions::default()
     };
