@@ -112,7 +112,9 @@ struct Server {
 impl Server {
     fn wait(child: Child, sock: PathBuf) -> Self {
         let start = Instant::now();
-        while !sock.exists() {
+        // The socket file appears at bind(), before listen(): wait until
+        // it takes connections.
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
                 "NBD server did not start"

@@ -221,7 +221,12 @@ pub fn copy(
             dst.describe()
         )));
     }
-    let chunk = opts.chunk.max(align).next_multiple_of(align);
+    let chunk = opts
+        .chunk
+        .max(src.preferred_chunk().min(32 << 20))
+        .max(dst.preferred_chunk().min(32 << 20))
+        .max(align)
+        .next_multiple_of(align);
     let plan = collect(src, 0, size)?;
 
     // Zero ranges, as the workers will see them: an item's complement of
@@ -254,7 +259,11 @@ pub fn copy(
     let skip_zero = matches!(zeroing, ZeroProof::CreatedZero);
     let fast_zero = matches!(zeroing, ZeroProof::Trusted | ZeroProof::Proven(_));
     // Zero detection inside data: per block of this size.
-    let block = align.max(4096).min(chunk);
+    let block = if dst.detects_zeros() {
+        chunk
+    } else {
+        align.max(4096).min(chunk)
+    };
 
     let written = AtomicU64::new(0);
     let zeroed = AtomicU64::new(0);

@@ -97,6 +97,12 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// Reads `buf.len()` bytes at `offset` (inside the size).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
 
+    /// The chunk size reads work best in (a pool image's object size); 0
+    /// for no preference.
+    fn preferred_chunk(&self) -> u64 {
+        0
+    }
+
     /// How `[offset, offset + len)` reads: extents covering a prefix of
     /// the range (at least one byte), in order. Sources that cannot tell
     /// answer [`Kind::Data`].
@@ -115,6 +121,19 @@ pub trait Dest: Send + Sync + fmt::Debug {
     /// write may end at the size). 1 for most.
     fn alignment(&self) -> u64 {
         1
+    }
+
+    /// The chunk size writes work best in (a pool image's object size:
+    /// one worker per object); 0 for no preference.
+    fn preferred_chunk(&self) -> u64 {
+        0
+    }
+
+    /// Whether the destination finds all-zero blocks in written data
+    /// itself (the engine does, and records them as metadata): the copier
+    /// then writes data spans whole instead of cutting out zero blocks.
+    fn detects_zeros(&self) -> bool {
+        false
     }
 
     /// Whether every byte reads as zero now because vdisk created it in

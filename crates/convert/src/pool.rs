@@ -25,6 +25,9 @@ impl Source for PoolSource {
     fn size(&self) -> u64 {
         self.image.size()
     }
+    fn preferred_chunk(&self) -> u64 {
+        self.image.object_size()
+    }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         Ok(self.image.read_at(offset, buf)?)
     }
@@ -79,6 +82,12 @@ impl Dest for PoolDest {
     }
     fn size(&self) -> u64 {
         self.image.size()
+    }
+    fn preferred_chunk(&self) -> u64 {
+        self.image.object_size()
+    }
+    fn detects_zeros(&self) -> bool {
+        true
     }
     fn created_zero(&self) -> bool {
         self.created

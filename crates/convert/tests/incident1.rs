@@ -129,7 +129,9 @@ impl LyingServer {
             .spawn()
             .expect("nbdkit");
         let start = Instant::now();
-        while !sock.exists() {
+        // The socket file appears at bind(), before listen(): wait until
+        // it takes connections.
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
                 "nbdkit did not start"
