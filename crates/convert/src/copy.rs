@@ -265,6 +265,12 @@ pub fn copy(
         align.max(4096).min(chunk)
     };
 
+    let write_lock = Mutex::new(());
+    let serial = !dst.parallel_writes();
+    let write = |data: &[u8], off: u64| -> Result<()> {
+        let _g = serial.then(|| write_lock.lock());
+        dst.write_at(data, off)
+    };
     let written = AtomicU64::new(0);
     let zeroed = AtomicU64::new(0);
     let skipped = AtomicU64::new(0);
@@ -285,7 +291,7 @@ pub fn copy(
         let mut at = off;
         while at < off + len {
             let n = chunk.min(off + len - at);
-            dst.write_at(&zero_buf[..n as usize], at)?;
+            write(&zero_buf[..n as usize], at)?;
             at += n;
         }
         written.fetch_add(len, Ordering::Relaxed);
@@ -311,7 +317,7 @@ pub fn copy(
                 let z = is_zero(&data[(b - s) as usize..(bend - s) as usize]);
                 if run_zero.is_some_and(|rz| rz != z) {
                     emit(
-                        dst,
+                        &write,
                         data,
                         s,
                         run_start,
@@ -326,7 +332,7 @@ pub fn copy(
                 b = bend;
             }
             emit(
-                dst,
+                &write,
                 data,
                 s,
                 run_start,
@@ -360,7 +366,7 @@ pub fn copy(
 
 #[allow(clippy::too_many_arguments)]
 fn emit(
-    dst: &dyn Dest,
+    write: &dyn Fn(&[u8], u64) -> Result<()>,
     data: &[u8],
     base: u64,
     from: u64,
@@ -375,7 +381,7 @@ fn emit(
     if zero {
         return zero_range(from, to - from);
     }
-    dst.write_at(&data[(from - base) as usize..(to - base) as usize], from)?;
+    write(&data[(from - base) as usize..(to - base) as usize], from)?;
     written.fetch_add(to - from, Ordering::Relaxed);
     Ok(())
 }
