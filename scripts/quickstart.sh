@@ -34,6 +34,37 @@ vdisk ls -l
 vdisk info rbd/vm-101-disk-0
 vdisk du
 echo "changed since @before:"
-vdisk diff rbd/vm-101-disk-0 --from-snap before | head -5
+vdisk diff rbd/vm-101-disk-0 --from-snap before >"$work/diff.txt"
+head -5 "$work/diff.txt"
 vdisk check
+
+# The main job: serve the disks over NBD. Other vdisk commands go through the
+# daemon's management API while it runs.
+sock="$VDISK_DIR/nbd.sock"
+# (the binary itself in the background, not the shell function: $! must be
+# the daemon's pid)
+./target/release/vdisk serve --listen none --socket "$sock" 2>"$work/serve.log" &
+serve=$!
+trap 'kill $serve 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 100); do [ -S "$VDISK_DIR/api.sock" ] && break; sleep 0.1; done
+echo "serving on $sock (clients: nbd+unix:///rbd/IMAGE?socket=$sock)"
+uri="nbd+unix:///rbd/vm-101-disk-0?socket=$sock"
+if command -v qemu-io >/dev/null; then
+  qemu-io -f raw -c "write -P 0x5a 1M 64k" "$uri" >/dev/null
+  echo "qemu-io wrote 64 KiB at 1 MiB through NBD"
+fi
+# Taken while served: a barrier in the I/O path, no copy.
+vdisk snap create rbd/vm-101-disk-0@served
+if command -v qemu-img >/dev/null; then
+  qemu-img info "nbd+unix:///rbd/vm-101-disk-0@served?socket=$sock" >"$work/info.txt"
+  head -3 "$work/info.txt"
+fi
+if command -v nbdinfo >/dev/null; then
+  echo "allocation of the snapshot export (from the object map):"
+  nbdinfo --map "nbd+unix:///rbd/vm-101-disk-0@served?socket=$sock" >"$work/map.txt"
+  head -5 "$work/map.txt"
+fi
+vdisk status
+kill -TERM $serve && wait $serve
+echo "daemon stopped (every image flushed)"
 echo "quickstart done: data directory $VDISK_DIR"
