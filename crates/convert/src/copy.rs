@@ -265,12 +265,7 @@ pub fn copy(
         align.max(4096).min(chunk)
     };
 
-    let write_lock = Mutex::new(());
-    let serial = !dst.parallel_writes();
-    let write = |data: &[u8], off: u64| -> Result<()> {
-        let _g = serial.then(|| write_lock.lock());
-        dst.write_at(data, off)
-    };
+    let write = |data: &[u8], off: u64| dst.write_at(data, off);
     let written = AtomicU64::new(0);
     let zeroed = AtomicU64::new(0);
     let skipped = AtomicU64::new(0);

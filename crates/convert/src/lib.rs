@@ -129,14 +129,6 @@ pub trait Dest: Send + Sync + fmt::Debug {
         0
     }
 
-    /// Whether concurrent writes help (NBD, pool images). Writes to one
-    /// local file do not: the kernel serializes them on the inode lock, and
-    /// parallel writers only spin on it, so the copier lets one write at a
-    /// time (reads still overlap).
-    fn parallel_writes(&self) -> bool {
-        false
-    }
-
     /// Whether the destination finds all-zero blocks in written data
     /// itself (the engine does, and records them as metadata): the copier
     /// then writes data spans whole instead of cutting out zero blocks.

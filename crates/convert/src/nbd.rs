@@ -770,9 +770,6 @@ impl Dest for NbdDest {
     fn alignment(&self) -> u64 {
         u64::from(self.client.min_block)
     }
-    fn parallel_writes(&self) -> bool {
-        true
-    }
     fn created_zero(&self) -> bool {
         self.target_is_zero
     }

@@ -89,9 +89,6 @@ impl Dest for PoolDest {
     fn detects_zeros(&self) -> bool {
         true
     }
-    fn parallel_writes(&self) -> bool {
-        true
-    }
     fn created_zero(&self) -> bool {
         self.created
     }

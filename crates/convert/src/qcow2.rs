@@ -11,7 +11,6 @@ use vdisk_qcow2::{Format, ImageWrite, Qcow2Writer, WriterOptions};
 pub struct Qcow2Dest {
     writer: Qcow2Writer,
     path: PathBuf,
-    compressed: bool,
 }
 
 impl Qcow2Dest {
@@ -27,7 +26,6 @@ impl Qcow2Dest {
         Ok(Qcow2Dest {
             writer,
             path: path.to_path_buf(),
-            compressed: opts.compression.is_some(),
         })
     }
 }
@@ -44,10 +42,6 @@ impl Dest for Qcow2Dest {
     }
     fn created_zero(&self) -> bool {
         true
-    }
-    fn parallel_writes(&self) -> bool {
-        // Compression happens inside the write: let workers compress at once.
-        self.compressed
     }
     fn zero_trusted(&self) -> bool {
         // Zero clusters are metadata.
