@@ -441,6 +441,46 @@ fn flatten_runs_as_a_job() {
 }
 
 #[test]
+fn snap_rm_under_the_daemon_trims_in_the_background() {
+    let e = Env::new();
+    e.ok(&["create", "img", "--size", "8M", "--order", "20"]);
+    e.write("img", 0, &random_data(8 * MIB, 1));
+    e.ok(&["snap", "create", "img@old"]);
+    e.write("img", 0, &random_data(8 * MIB, 2));
+    let d = Daemon::start(&e, &[]);
+    // Returns once the snapshot is gone from the metadata; the space it
+    // alone held is released by a `trim` job of the daemon's.
+    e.ok(&["snap", "rm", "img@old"]);
+    assert!(!e.ok(&["snap", "ls", "img"]).contains("old"));
+    let start = Instant::now();
+    let job = loop {
+        let st = e.json(&["status", "img"]);
+        let trim = st["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .find(|j| j["kind"] == "trim" && j["state"] == "done")
+            .cloned();
+        if let Some(job) = trim {
+            break job;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{st}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(job["spec"], "rbd/img");
+    assert_eq!(job["done"], job["total"], "{job}");
+    assert!(job["total"].as_u64().unwrap() >= 8, "{job}");
+    // Nothing left queued: check has no backlog warning.
+    let out = e.ok(&["check"]);
+    assert!(!out.contains("queued for trimming"), "{out}");
+    d.stop();
+    // The head still reads what was written last.
+    let out = path_str(&e.file("img.raw"));
+    e.ok(&["export", "img", &out]);
+    assert!(std::fs::read(&out).unwrap() == random_data(8 * MIB, 2));
+}
+
+#[test]
 fn status_without_a_daemon() {
     let e = Env::new();
     e.ok(&["ls"]);
