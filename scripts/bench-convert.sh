@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# vdisk convert/import/export against qemu-img convert on
+# ../shared/bench/mk-src-qcow2.py's 4 GiB qcow2 (1.5 GiB scattered random
+# data, zero-flag and allocated-zero regions). Rows (BENCHMARKS.md "Convert"):
+#   qcow2 -> raw file, raw -> qcow2, raw -> compressed qcow2 (zlib),
+#   qcow2 -> pool image (vs qemu-img to a raw file), pool image -> qcow2.
+#
+# The machine is shared and its load moves by the minute, so the commands
+# run interleaved: each round runs every command once (after removing the
+# output and `sync`), and the median of the rounds is reported, with each
+# vdisk row as a speed ratio against its qemu-img row (> 1: vdisk faster).
+# vdisk fsyncs file destinations by default; qemu-img convert does not
+# (strace shows no fsync/fdatasync): the --no-sync rows compare like for like.
+#
+#   ROUNDS=5 CROUNDS=3 scripts/bench-convert.sh   # builds vdisk (release) if needed
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH=${BENCH:-$(cd ../shared/bench 2>/dev/null && pwd || echo /work/shared/bench)}
+D=${CONVERT_DIR:-/tmp/vdisk-bench/convert}
+V=${VDISK:-$PWD/target/release/vdisk}
+mkdir -p "$D"
+[ -x "$V" ] || cargo build --release -p vdisk-cli
+[ -e "$D/src.qcow2" ] || python3 "$BENCH/mk-src-qcow2.py" "$D/src.qcow2"
+[ -e "$D/src.raw" ] || qemu-img convert -f qcow2 -O raw "$D/src.qcow2" "$D/src.raw"
+rm -rf "$D/store"
+"$V" --dir "$D/store" --no-progress import "$D/src.qcow2" rbd/src
+exec python3 - "$D" "$V" "${ROUNDS:-5}" "${CROUNDS:-3}" <<'PY'
+import os, statistics, subprocess, sys, time
+d, v, rounds, crounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+src, raw, st, o = f"{d}/src.qcow2", f"{d}/src.raw", f"{d}/store", f"{d}/out"
+vd = f"{v} --no-progress"
+rows = [  # (row, name, command, baseline name)
+  ("qcow2 → raw", "qemu-img", f"qemu-img convert -f qcow2 -O raw {src} {o}.raw", None),
+  ("qcow2 → raw", "vdisk", f"{vd} convert {src} {o}.raw", "qemu-img"),
+  ("qcow2 → raw", "vdisk --no-sync", f"{vd} convert {src} {o}.raw --no-sync", "qemu-img"),
+  ("raw → qcow2", "qemu-img", f"qemu-img convert -f raw -O qcow2 {raw} {o}.qcow2", None),
+  ("raw → qcow2", "vdisk", f"{vd} convert {raw} {o}.qcow2 -O qcow2", "qemu-img"),
+  ("raw → qcow2", "vdisk --no-sync", f"{vd} convert {raw} {o}.qcow2 -O qcow2 --no-sync", "qemu-img"),
+  ("qcow2 → pool image", "qemu-img (to raw)", f"qemu-img convert -f qcow2 -O raw {src} {o}.raw", None),
+  ("qcow2 → pool image", "vdisk import", f"{vd} --dir {st} import {src} rbd/dst", "qemu-img (to raw)"),
+  ("pool image → qcow2", "qemu-img (qcow2 → qcow2)", f"qemu-img convert -f qcow2 -O qcow2 {src} {o}.qcow2", None),
+  ("pool image → qcow2", "vdisk export", f"{vd} --dir {st} export rbd/src {o}.qcow2 -O qcow2", "qemu-img (qcow2 → qcow2)"),
+  ("pool image → qcow2", "vdisk export --no-sync", f"{vd} --dir {st} export rbd/src {o}.qcow2 -O qcow2 --no-sync", "qemu-img (qcow2 → qcow2)"),
+]
+crows = [
+  ("raw → qcow2 -c (zlib)", "qemu-img", f"qemu-img convert -f raw -O qcow2 -c {raw} {o}.qcow2", None),
+  ("raw → qcow2 -c (zlib)", "vdisk", f"{vd} convert {raw} {o}.qcow2 -c", "qemu-img"),
+]
+def prep():
+    for f in (f"{o}.raw", f"{o}.qcow2"):
+        if os.path.exists(f): os.remove(f)
+    subprocess.run(f"{v} --dir {st} rm rbd/dst", shell=True, capture_output=True)
+    subprocess.run("sync", shell=True)
+def measure(rs, n):
+    times = {i: [] for i in range(len(rs))}
+    for r in range(n):
+        for i, (_, _, cmd, _) in enumerate(rs):
+            prep()
+            t = time.monotonic()
+            p = subprocess.run(cmd, shell=True, capture_output=True)
+            dt = time.monotonic() - t
+            if p.returncode != 0:
+                sys.exit(f"failed: {cmd}: {p.stderr.decode()}")
+            times[i].append(dt)
+        print(f"round {r + 1}/{n} done, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    return times
+def report(rs, times):
+    med = {i: statistics.median(t) for i, t in times.items()}
+    for i, (row, name, cmd, base) in enumerate(rs):
+        ratio = ""
+        if base:
+            j = next(k for k, x in enumerate(rs) if x[0] == row and x[1] == base)
+            ratio = f"{med[j] / med[i]:.2f}×"
+        runs = " ".join(f"{t:.2f}" for t in times[i])
+        print(f"| {row} | {name} | {med[i]:.2f} s | {ratio} | {runs} |")
+print(f"load before: {os.getloadavg()}", file=sys.stderr)
+t1 = measure(rows, rounds)
+t2 = measure(crows, crounds)
+prep()
+print("| row | command | median | speed vs qemu-img | runs (s) |\n|---|---|---|---|---|")
+report(rows, t1)
+report(crows, t2)
+PY
