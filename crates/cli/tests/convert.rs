@@ -388,3 +388,41 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     e.refused(&["convert", &src, &small, "-n"], USAGE, "less than");
     assert_eq!(std::fs::read(&small).unwrap(), vec![7u8; 4096]);
 }
+
+/// vdisk's own server as the NBD peer, over TCP: a qcow2 file copied into a
+/// served image (WRITE_ZEROES proven, verified), compared and mapped
+/// through the same URI while the daemon runs.
+#[test]
+fn vdisk_serve_is_a_peer_over_tcp() {
+    use std::io::BufRead;
+    let e = Env::new();
+    let Some((raw, qcow2)) = source(&e) else {
+        return;
+    };
+    e.ok(&["create", "rbd/img", "--size", "24M"]);
+    let mut child = e.spawn(&["serve", "--listen", "127.0.0.1:0"]);
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut port = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("listening on TCP addr=").nth(1) {
+            port = Some(rest.trim().parse::<std::net::SocketAddr>().unwrap().port());
+        }
+        if line.contains("listening on Unix socket") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let uri = format!("nbd://127.0.0.1:{}/rbd/img", port.expect("TCP port"));
+    let v = e.json(&["convert", &path_str(&qcow2), &uri]);
+    assert_eq!(v["zeroing"], "proven", "{v}");
+    assert_eq!(v["verified"], true, "{v}");
+    e.ok(&["compare", &path_str(&raw), &uri]);
+    let map = e.json(&["map", &uri]);
+    assert!(map.as_array().unwrap().iter().any(|x| x["data"] == true));
+    // Through the daemon: an image spec makes the command go to it.
+    e.ok(&["compare", "rbd/img", &path_str(&qcow2)]);
+    let _ = child.kill();
+    let _ = child.wait();
+}
