@@ -31,10 +31,11 @@
 use crate::error::{Error, Result};
 use crate::features::Features;
 use crate::image::{head_view, readers, snap_view, Image, ImageState};
-use crate::object::{ObjectMeta, Source, View, BLOCK, BLOCK_SHIFT};
+use crate::object::{BLOCK, BLOCK_SHIFT};
 use crate::object::{OBJECT_EXISTS, OBJECT_NONEXISTENT};
 use crate::objmap::{ObjectMap, HEAD};
 use crate::record::{ImageRecord, FLAG_FAST_DIFF_INVALID};
+use crate::report::{content, Content};
 use crate::spec::ImageSpec;
 use crate::Store;
 use serde::{Deserialize, Serialize};
@@ -131,25 +132,6 @@ fn check_page(spec: &ImageSpec, offset: u64, limit: usize, size: u64) -> Result<
         )));
     }
     Ok(())
-}
-
-/// Where one block of a reader comes from, for comparing two readers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Content {
-    Zero,
-    Data(u64),
-    Parent,
-}
-
-fn content(m: &ObjectMeta, v: &View, b: usize, off: u64) -> Content {
-    match m.resolve(v, b) {
-        Source::Data(g) => Content::Data(g),
-        Source::Zero(_) => Content::Zero,
-        Source::Below => match v.overlap {
-            Some(ov) if !m.copied_up && off < ov => Content::Parent,
-            _ => Content::Zero,
-        },
-    }
 }
 
 impl Store {

@@ -349,14 +349,16 @@ fn st_object(st: &ImageState, objno: u64) -> Result<ObjectMeta> {
     })
 }
 
+/// Where one block of a reader comes from, for comparing two readers
+/// (`diff` here, the changed-extents API in `changed.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Content {
+pub(crate) enum Content {
     Zero,
     Data(u64),
     Parent,
 }
 
-fn content(m: &ObjectMeta, v: &View, b: usize, off: u64) -> Content {
+pub(crate) fn content(m: &ObjectMeta, v: &View, b: usize, off: u64) -> Content {
     match m.resolve(v, b) {
         Source::Data(g) => Content::Data(g),
         Source::Zero(_) => Content::Zero,
