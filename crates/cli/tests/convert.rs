@@ -11,6 +11,9 @@
 #[allow(dead_code)]
 mod common;
 
+#[path = "../../convert/tests/common/lying_nbdkit.rs"]
+mod lying_nbdkit;
+
 use common::*;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -150,29 +153,11 @@ impl Server {
         let sock = e.file("lying.sock");
         let _ = std::fs::remove_file(&sock);
         let size = std::fs::metadata(file).unwrap().len();
-        let f = file.display();
         let child = spawn(
             Command::new(nbdkit)
                 .args(["-f", "--exit-with-parent", "-U"])
                 .arg(&sock)
-                .arg("eval")
-                .arg(format!("get_size=echo {size}"))
-                .arg(format!(
-                    "pread=dd if={f} skip=$4 count=$3 iflag=skip_bytes,count_bytes status=none"
-                ))
-                .arg(format!(
-                    "pwrite=dd of={f} seek=$4 conv=notrunc oflag=seek_bytes status=none"
-                ))
-                .args([
-                    "can_write=exit 0",
-                    "can_zero=exit 0",
-                    "zero=exit 0",
-                    "can_fast_zero=exit 0",
-                    "can_trim=exit 0",
-                    "trim=exit 0",
-                    "can_flush=exit 0",
-                    "flush=exit 0",
-                ])
+                .args(lying_nbdkit::eval_args(file, size))
                 .stdout(Stdio::null()),
         );
         Some(Self::wait(child, sock))

@@ -9,6 +9,9 @@
 //! Needs nbdkit, qemu-img and sfdisk; a missing tool skips the test unless
 //! `VDISK_REQUIRE_TOOLS` is set.
 
+#[path = "common/lying_nbdkit.rs"]
+mod lying_nbdkit;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -103,28 +106,10 @@ impl LyingServer {
         let sock = dir.join("lying.sock");
         // A killed nbdkit leaves its socket behind.
         let _ = std::fs::remove_file(&sock);
-        let f = file.display();
         let child = Command::new(nbdkit)
             .args(["-f", "--exit-with-parent", "-U"])
             .arg(&sock)
-            .arg("eval")
-            .arg(format!("get_size=echo {SIZE}"))
-            .arg(format!(
-                "pread=dd if={f} skip=$4 count=$3 iflag=skip_bytes,count_bytes status=none"
-            ))
-            .arg(format!(
-                "pwrite=dd of={f} seek=$4 conv=notrunc oflag=seek_bytes status=none"
-            ))
-            .args([
-                "can_write=exit 0",
-                "can_zero=exit 0",
-                "zero=exit 0",
-                "can_fast_zero=exit 0",
-                "can_trim=exit 0",
-                "trim=exit 0",
-                "can_flush=exit 0",
-                "flush=exit 0",
-            ])
+            .args(lying_nbdkit::eval_args(file, SIZE))
             .stdout(Stdio::null())
             .spawn()
             .expect("nbdkit");
