@@ -52,7 +52,7 @@ impl Region {
             RegionKind::RefcountBlock(i) => format!("refcount block {i}"),
             RegionKind::L2Table(i) => format!(
                 "the L2 table for guest offset {:#x} (L1 index {i})",
-                i * geo.l2_span()
+                i.saturating_mul(geo.l2_span())
             ),
             RegionKind::SnapshotTable => "the snapshot table".to_string(),
             RegionKind::SnapshotL1(i) => format!("the L1 table of snapshot #{i}"),
@@ -235,13 +235,14 @@ impl Qcow2Reader {
             let off = entry::decode_l1(e, &geo)
                 .map_err(|why| Error::Corrupt(format!("L1 entry {i} ({e:#018x}): {why}")))?;
             if let Some(off) = off {
-                let kind = RegionKind::L2Table(i as u64);
-                let r = Region {
+                let mut r = Region {
                     start: off,
-                    end: off + cs,
-                    kind,
+                    end: off,
+                    kind: RegionKind::L2Table(i as u64),
                 };
+                // Check before computing the end: `off + cs` can overflow.
                 check_inside(r.describe(&geo), off, cs, file_len)?;
+                r.end = off + cs;
                 regions.push(r);
             }
         }
@@ -272,12 +273,14 @@ impl Qcow2Reader {
                     Error::Corrupt(format!("refcount table entry {i} ({e:#018x}): {why}"))
                 })?;
                 if let Some(off) = off {
-                    let r = Region {
+                    let mut r = Region {
                         start: off,
-                        end: off + cs,
+                        end: off,
                         kind: RegionKind::RefcountBlock(i as u64),
                     };
+                    // Check before computing the end: `off + cs` can overflow.
                     check_inside(r.describe(&geo), off, cs, file_len)?;
+                    r.end = off + cs;
                     regions.push(r);
                 }
             }

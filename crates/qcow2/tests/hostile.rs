@@ -234,6 +234,23 @@ fn refcount_table_entries_checked() {
     assert!(matches!(open_mem(b).unwrap_err(), Error::Overlap { .. }));
 }
 
+/// An aligned table entry whose cluster would end past `u64::MAX` (found by
+/// the fuzzer: the region's end was computed before the range was checked).
+#[test]
+fn table_entries_at_the_top_of_the_address_space() {
+    let base = base_image(None);
+    let h = header(&base);
+    let top = !(CS - 1);
+    let mut b = base.clone();
+    put64(&mut b, h.refcount_table_offset + 8, top);
+    let e = open_mem(b).unwrap_err();
+    assert!(matches!(e, Error::OutsideFile { .. }), "{e}");
+    let mut b = base;
+    put64(&mut b, h.l1_table_offset, top | (1 << 63));
+    let e = open_mem(b).unwrap_err();
+    assert!(matches!(e, Error::OutsideFile { .. }), "{e}");
+}
+
 #[test]
 fn absurd_sizes_and_counts_refused_before_allocating() {
     let base = base_image(None);
@@ -471,6 +488,7 @@ fn interesting_u64() -> impl Strategy<Value = u64> {
         Just(u64::MAX),
         Just(1 << 63),
         Just(1 << 62),
+        Just(!(CS - 1)),
         (0u64..64).prop_map(|n| 1u64 << n),
         (0u64..64).prop_map(|n| (n * CS) | (1 << 63)),
         any::<u64>(),
