@@ -168,6 +168,11 @@ impl ObjectStore for FaultyObjectStore {
         self.inner.sync_objects(names)
     }
 
+    fn start_writeback(&self, name: &str, offset: u64, len: u64) {
+        // A hint, not an operation: not counted, never failed.
+        self.inner.start_writeback(name, offset, len);
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.faults.begin("list", prefix)?;
         self.inner.list(prefix)

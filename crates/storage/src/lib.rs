@@ -33,7 +33,7 @@ mod mem;
 mod redb_meta;
 
 pub use faulty::{FaultConfig, FaultyMetaStore, FaultyObjectStore};
-pub use local::LocalObjectStore;
+pub use local::{start_file_writeback, LocalObjectStore};
 pub use lock::{DirLock, LockHolder};
 pub use mem::{MemMetaStore, MemObjectStore};
 pub use redb_meta::RedbMetaStore;
@@ -122,6 +122,17 @@ pub trait ObjectStore: Send + Sync + Debug {
     fn sync_objects(&self, names: &[String]) -> Result<()> {
         let _ = names;
         self.sync()
+    }
+
+    /// A hint that `[offset, offset + len)` of `name`, just written, will
+    /// not change soon and will be synced: the store may start writing it to
+    /// stable storage now, without waiting, so that the later sync has less
+    /// to do (a bulk import overlaps its copying with the disk's writing).
+    /// It makes nothing durable: only [`ObjectStore::sync`] and
+    /// [`ObjectStore::sync_objects`] do. Never fails; the default does
+    /// nothing.
+    fn start_writeback(&self, name: &str, offset: u64, len: u64) {
+        let _ = (name, offset, len);
     }
 
     /// Names of the existing objects whose name starts with `prefix`, sorted.

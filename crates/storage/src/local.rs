@@ -14,6 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -376,6 +377,17 @@ impl ObjectStore for LocalObjectStore {
         Ok(())
     }
 
+    fn start_writeback(&self, name: &str, offset: u64, len: u64) {
+        if validate_name(name).is_err() || len == 0 {
+            return;
+        }
+        // Only an already open handle: a hint is no reason to open a file.
+        let file = self.shard(name).lock().files.get(name).cloned();
+        if let Some(file) = file {
+            start_file_writeback(&file, offset, len);
+        }
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         self.walk("", prefix, &mut out)?;
@@ -391,6 +403,28 @@ impl ObjectStore for LocalObjectStore {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
             Err(e) => Err(StorageError::io(name, e)),
         }
+    }
+}
+
+/// Starts writeback of a range of `file` without waiting for it
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): for writers of data that
+/// will be synced soon and not rewritten before (bulk copies), so the disk
+/// works while they go on. Errors are ignored: this makes nothing durable,
+/// and the later fsync reports any real failure.
+#[allow(unsafe_code)]
+pub fn start_file_writeback(file: &File, offset: u64, len: u64) {
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: sync_file_range only schedules I/O of the file's own dirty
+    // pages; it reads its integer arguments and touches no memory of ours.
+    // `file` keeps the descriptor open for the whole call. No safe wrapper
+    // exists in std.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

@@ -74,6 +74,17 @@ fn object_contract(store: Arc<dyn ObjectStore>, punch_zeroes: bool) {
         }
     );
 
+    // The writeback hint changes nothing visible, and bad or missing
+    // names, empty and out-of-range ranges are simply ignored.
+    let before = read(s, "img/big", 0, 20_000);
+    s.start_writeback("img/big", 0, 20_000);
+    s.start_writeback("img/big", 4096, 0);
+    s.start_writeback("img/big", u64::MAX - 10, u64::MAX);
+    s.start_writeback("missing", 0, 4096);
+    s.start_writeback("../escape", 0, 4096);
+    assert_eq!(read(s, "img/big", 0, 20_000), before);
+    assert!(s.list("missing").unwrap().is_empty());
+
     // Empty write creates the object.
     s.write_at("empty", 0, b"").unwrap();
     assert_eq!(s.list("empty").unwrap(), vec!["empty"]);
@@ -336,6 +347,7 @@ fn crash_loses_unsynced_keeps_synced() {
     s.sync().unwrap();
 
     s.write_at("kept", 0, b"SYNC").unwrap(); // lost
+    s.start_writeback("kept", 0, 4); // a hint: still lost
     s.write_at("new", 0, b"lost").unwrap(); // lost, with the object
     s.remove("removed").unwrap(); // undone
     s.punch("punched", 0, 8192).unwrap(); // undone
