@@ -58,6 +58,12 @@ impl Store {
                 ));
             }
         }
+        for spec in self.settle_unsynced()? {
+            rep.errors.push(format!(
+                "{spec}: copied with --no-sync, and the machine restarted before its data was \
+                 synced; part of it may be lost (remove it, `vdisk rm {spec}`, and copy it again)"
+            ));
+        }
         let meta = self.meta_store();
         let mut pools = Vec::new();
         for (k, v) in meta.scan(keys::POOLS, b"")? {

@@ -59,6 +59,8 @@ pub enum Error {
     SnapProtected(String),
     #[error("snapshot {0} is not protected")]
     SnapNotProtected(String),
+    #[error("snapshot {spec} is being read by {readers} client(s)")]
+    SnapInUse { spec: String, readers: usize },
     #[error("snapshot {spec} has {} clone(s): {}", children.len(), children.join(", "))]
     HasChildren { spec: String, children: Vec<String> },
     #[error("image {spec} has {count} snapshot(s)")]
@@ -109,6 +111,11 @@ pub enum Error {
     },
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: String, detail: String },
+    #[error(
+        "image {0} was copied without a sync (--no-sync) and the machine restarted before \
+         its data was synced: part of it may be lost"
+    )]
+    UnsyncedLost(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -135,6 +142,7 @@ impl Error {
                 ErrorKind::AlreadyExists
             }
             SnapProtected(_)
+            | SnapInUse { .. }
             | SnapNotProtected(_)
             | HasChildren { .. }
             | HasSnapshots { .. }
@@ -149,7 +157,7 @@ impl Error {
                 ErrorKind::Unsupported
             }
             Locked { .. } | DrainTimeout { .. } => ErrorKind::Busy,
-            Corrupt { .. } => ErrorKind::Corrupt,
+            Corrupt { .. } | UnsyncedLost(_) => ErrorKind::Corrupt,
             Io { .. } | Storage(_) => ErrorKind::Io,
         }
     }
@@ -166,6 +174,9 @@ impl Error {
             ScheduleNotFound(_) => "list schedules with `vdisk snap schedule ls`".into(),
             SnapNotFound(spec) => format!("list snapshots with `vdisk snap ls {}`", spec.split('@').next().unwrap_or(spec)),
             SnapProtected(spec) => format!("unprotect it first: `vdisk snap unprotect {spec}`"),
+            SnapInUse { .. } => {
+                "disconnect its readers first (e.g. let the backup finish), then remove it".into()
+            }
             SnapNotProtected(spec) => format!("protect it first: `vdisk snap protect {spec}`"),
             HasChildren { children, .. } => format!(
                 "flatten or remove the clones first, e.g. `vdisk flatten {}`",
@@ -185,6 +196,7 @@ impl Error {
             Locked { .. } => "stop that process, use another --dir, or send the command through the running daemon".into(),
             DrainTimeout { .. } => "writers kept the image busy; retry, or pause the writers".into(),
             OutOfRange { .. } => "check the offset and length against `vdisk info`".into(),
+            UnsyncedLost(spec) => format!("remove it and copy it again: `vdisk rm {spec}`, then the import or convert, without --no-sync if the machine may restart"),
             Corrupt { .. } => "run `vdisk check` to see the extent of the damage; `vdisk meta restore` restores metadata from a backup".into(),
             _ => return None,
         })

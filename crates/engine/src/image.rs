@@ -152,7 +152,17 @@ pub(crate) struct ImageState {
     /// Objects copied up since the last flush: their generation 0 is seen
     /// by every snapshot, whose object maps the flush updates.
     copied_up: Mutex<BTreeSet<u64>>,
+    /// Snapshot id -> number of [`ReaderPin`]s on it (readers such as NBD
+    /// clients). `snap rm` refuses a pinned snapshot; pinning and removal
+    /// both decide under this lock, so neither can slip between the
+    /// other's check and commit.
+    pub(crate) snap_readers: Mutex<HashMap<u64, usize>>,
     parent: Mutex<Option<ParentHandle>>,
+    /// Set by a `--no-sync` copy's commit ([`Image::flush_unsynced`]),
+    /// cleared by the next flush that syncs: the end-of-command
+    /// [`crate::Store::flush_all`] leaves such an image alone while it has
+    /// nothing new to commit, instead of syncing what the copy skipped.
+    pub(crate) unsynced: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -204,7 +214,9 @@ impl ImageState {
             pending_removes: Mutex::new(Vec::new()),
             pending_punches: Mutex::new(Vec::new()),
             copied_up: Mutex::new(BTreeSet::new()),
+            snap_readers: Mutex::new(HashMap::new()),
             parent: Mutex::new(None),
+            unsynced: AtomicBool::new(false),
         })
     }
 
@@ -439,8 +451,9 @@ impl ImageState {
         Ok(())
     }
 
-    /// Writes `data` at `off` of the head.
-    pub(crate) fn write(&self, off: u64, data: &[u8]) -> Result<()> {
+    /// Writes `data` at `off` of the head; with `stream`, starts the
+    /// writeback of the data at once (see [`Image::write_streaming`]).
+    pub(crate) fn write(&self, off: u64, data: &[u8], stream: bool) -> Result<()> {
         let _g = self.gate.read();
         let p = self.params();
         self.check_range(off, data.len() as u64, p.size)?;
@@ -451,7 +464,7 @@ impl ImageState {
             let obj_off = abs % p.obj_size;
             let n = ((p.obj_size - obj_off) as usize).min(data.len() - done);
             self.modify(&p, objno, |st, m| {
-                st.write_object(m, &p, objno, obj_off, &data[done..done + n])
+                st.write_object(m, &p, objno, obj_off, &data[done..done + n], stream)
             })?;
             done += n;
         }
@@ -608,6 +621,7 @@ impl ImageState {
         objno: u64,
         obj_off: u64,
         data: &[u8],
+        stream: bool,
     ) -> Result<()> {
         let gen = p.seq;
         let name = self.name(objno, gen);
@@ -622,6 +636,9 @@ impl ImageState {
                     s,
                     &data[(s - obj_off) as usize..(to - obj_off) as usize],
                 )?;
+                if stream {
+                    self.data.start_writeback(&name, s, to - s);
+                }
                 let (b0, b1) = ((s >> BLOCK_SHIFT) as usize, (to >> BLOCK_SHIFT) as usize);
                 for b in b0..b1 {
                     self.release_shadowed(m, p, objno, b);
@@ -691,7 +708,7 @@ impl ImageState {
         let b1 = end >> BLOCK_SHIFT;
         // Partial blocks at the edges are written as zero data.
         if b0 > b1 {
-            return self.write_object(m, p, objno, obj_off, &vec![0u8; len as usize]);
+            return self.write_object(m, p, objno, obj_off, &vec![0u8; len as usize], false);
         }
         if obj_off < b0 * BLOCK {
             self.write_object(
@@ -700,6 +717,7 @@ impl ImageState {
                 objno,
                 obj_off,
                 &vec![0u8; (b0 * BLOCK - obj_off) as usize],
+                false,
             )?;
         }
         let mut punch = Vec::new();
@@ -714,6 +732,7 @@ impl ImageState {
                 objno,
                 b1 * BLOCK,
                 &vec![0u8; (end - b1 * BLOCK) as usize],
+                false,
             )?;
         }
         Ok(())
@@ -819,7 +838,31 @@ impl ImageState {
     /// [`ImageState::flush`], committing `extra` metadata ops in the same
     /// transaction.
     pub(crate) fn flush_with(&self, extra: Vec<MetaOp>) -> Result<()> {
+        self.flush_opts(extra, true)
+    }
+
+    /// [`ImageState::flush_with`]; without `sync_data` the data is not
+    /// synced before the commit (only for images marked unsynced: see
+    /// `crate::unsynced`).
+    pub(crate) fn flush_opts(&self, extra: Vec<MetaOp>, sync_data: bool) -> Result<()> {
         let _f = self.flush_lock.lock();
+        let r = self.flush_locked(extra, sync_data);
+        if r.is_ok() {
+            self.unsynced.store(!sync_data, Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// Whether a flush would have nothing to commit.
+    pub(crate) fn nothing_to_commit(&self) -> bool {
+        self.dirty.lock().is_empty()
+            && !self.rec_dirty.load(Ordering::SeqCst)
+            && self.pending_removes.lock().is_empty()
+            && self.pending_punches.lock().is_empty()
+            && self.copied_up.lock().is_empty()
+    }
+
+    fn flush_locked(&self, extra: Vec<MetaOp>, sync_data: bool) -> Result<()> {
         let dirty = std::mem::take(&mut *self.dirty.lock());
         // Taken after `dirty`: an entry queued for an object in `dirty` was
         // queued under that object's lock, before the state read below.
@@ -886,7 +929,11 @@ impl ImageState {
         let result = self.snap_map_ops(&p, &snap_states).and_then(|snap_ops| {
             ops.extend(snap_ops);
             ops.extend(extra);
-            self.data.sync().map_err(Error::from)
+            if sync_data {
+                self.data.sync().map_err(Error::from)
+            } else {
+                Ok(())
+            }
         });
         let result = result.and_then(|()| {
             if ops.is_empty() {
@@ -1276,6 +1323,28 @@ pub struct Image {
     pub(crate) st: Arc<ImageState>,
     pub(crate) snap: Option<SnapRecord>,
     pub(crate) spec: ImageSpec,
+    /// Set by [`Image::pinned`]: shared by the clones of this handle.
+    pub(crate) pin: Option<Arc<ReaderPin>>,
+}
+
+/// Keeps a snapshot from being removed while a long-lived reader (an NBD
+/// client) uses it; released when the last clone of the pinned
+/// [`Image`] is dropped.
+pub(crate) struct ReaderPin {
+    st: Arc<ImageState>,
+    snap_id: u64,
+}
+
+impl Drop for ReaderPin {
+    fn drop(&mut self) {
+        let mut readers = self.st.snap_readers.lock();
+        if let Some(n) = readers.get_mut(&self.snap_id) {
+            *n -= 1;
+            if *n == 0 {
+                readers.remove(&self.snap_id);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Image {
@@ -1306,6 +1375,31 @@ impl Image {
 
     pub fn is_snapshot(&self) -> bool {
         self.snap.is_some()
+    }
+
+    /// This handle, pinning its snapshot (heads are returned as they are):
+    /// until every clone of the returned handle is dropped, `snap rm` of
+    /// the snapshot is refused ([`Error::SnapInUse`]) instead of releasing
+    /// data a reader still reads. Fails with [`Error::SnapNotFound`] if the
+    /// snapshot was removed since this handle was opened.
+    pub fn pinned(mut self) -> Result<Image> {
+        let Some(snap) = &self.snap else {
+            return Ok(self);
+        };
+        if self.pin.is_some() {
+            return Ok(self);
+        }
+        let mut readers = self.st.snap_readers.lock();
+        if !self.st.record().snaps.iter().any(|s| s.id == snap.id) {
+            return Err(Error::SnapNotFound(self.spec.to_string()));
+        }
+        *readers.entry(snap.id).or_insert(0) += 1;
+        drop(readers);
+        self.pin = Some(Arc::new(ReaderPin {
+            st: Arc::clone(&self.st),
+            snap_id: snap.id,
+        }));
+        Ok(self)
     }
 
     fn writable(&self) -> Result<()> {
@@ -1345,7 +1439,20 @@ impl Image {
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.writable()?;
         let start = std::time::Instant::now();
-        let r = self.st.write(offset, data);
+        let r = self.st.write(offset, data, false);
+        self.st.io.record(start);
+        r
+    }
+
+    /// [`Image::write_at`] for bulk copies (import, convert into a pool):
+    /// the data is not expected to change before the final
+    /// [`Image::flush`], so its writeback to the disk starts at once and
+    /// overlaps the rest of the copy instead of all waiting in the flush.
+    /// Durability is unchanged: only the flush makes the data durable.
+    pub fn write_streaming(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.writable()?;
+        let start = std::time::Instant::now();
+        let r = self.st.write(offset, data, true);
         self.st.io.record(start);
         r
     }

@@ -36,6 +36,7 @@ mod status;
 mod store;
 pub mod transfer;
 mod trim;
+pub mod unsynced;
 
 pub use bitmap::Bitmap;
 pub use config::Config;

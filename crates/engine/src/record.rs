@@ -286,6 +286,9 @@ pub mod keys {
     /// `trim`: pool id ‖ image id ‖ batch number → data to release
     /// (`trim::TrimBatch`).
     pub const TRIM: &str = "trim";
+    /// `unsynced`: pool id ‖ image id → boot id (ASCII) of an image whose
+    /// data was committed without a sync (`crate::unsynced`).
+    pub const UNSYNCED: &str = "unsynced";
 
     pub fn k1(a: u64) -> Vec<u8> {
         a.to_be_bytes().to_vec()

@@ -244,6 +244,11 @@ impl Store {
         if s.shared.meta.scan(keys::POOLS, b"")?.is_empty() {
             s.pool_create(DEFAULT_POOL, None)?;
         }
+        // Copies left unsynced in this boot are synced now; a failure
+        // (an I/O error) keeps their marks for the next open, and images
+        // marked in another boot are refused when opened: neither stops the
+        // store from opening.
+        let _ = s.settle_unsynced();
         Ok(s)
     }
 
@@ -377,6 +382,7 @@ impl Store {
     pub(crate) fn state(&self, spec: &ImageSpec) -> Result<Arc<ImageState>> {
         let pool = self.pool(&spec.pool)?;
         let id = self.image_id(&pool, spec)?;
+        self.check_not_lost(pool.id, id)?;
         self.shared.image_state_by_id(pool.id, id)
     }
 
@@ -401,6 +407,7 @@ impl Store {
             st,
             snap,
             spec: spec.clone(),
+            pin: None,
         })
     }
 
@@ -567,7 +574,13 @@ impl Store {
         ];
         // Its schedules go with it; so does data queued for trimming (all
         // its data objects are removed below).
-        for table in [keys::OBJECTS, keys::OBJMAP, keys::SCHEDULES, keys::TRIM] {
+        for table in [
+            keys::OBJECTS,
+            keys::OBJMAP,
+            keys::SCHEDULES,
+            keys::TRIM,
+            keys::UNSYNCED,
+        ] {
             for (key, _) in self.meta().scan(table, &keys::k2(pool.id, id))? {
                 ops.push(MetaOp::Delete { table, key });
             }
@@ -737,11 +750,21 @@ impl Store {
         // Commit pending object-map updates of the snapshots (copy-ups)
         // before the snapshot's map is deleted, so none is left behind.
         st.flush()?;
+        // Decided under the readers' lock, held until the snapshot is gone
+        // from the record: a reader cannot pin it in between.
+        let readers = st.snap_readers.lock();
+        if let Some(&n) = readers.get(&snap.id) {
+            return Err(Error::SnapInUse {
+                spec: spec.to_string(),
+                readers: n,
+            });
+        }
         let mut rec = st.record();
         rec.snaps.retain(|s| s.id != snap.id);
         invalidate_maps(&mut rec);
         let extra = ObjectMap::delete_ops(st.meta.as_ref(), st.pool.id, st.id, snap.id)?;
         st.commit_record(rec, extra)?;
+        drop(readers);
         st.reclaim_and_remap(vec![], progress)?;
         drop(_g);
         self.trim_after(st.pool.id, st.id, progress)
@@ -1070,10 +1093,16 @@ impl Store {
         st.reclaim_and_remap(vec![], &NoProgress)
     }
 
-    /// Flushes every open image.
+    /// Flushes every open image, except a `--no-sync` copy with nothing
+    /// new to commit (its sync is the next open's, see `crate::unsynced`).
     pub fn flush_all(&self) -> Result<()> {
         let states: Vec<_> = self.shared.images.lock().values().cloned().collect();
         for s in states {
+            if s.unsynced.load(std::sync::atomic::Ordering::SeqCst) && s.nothing_to_commit() {
+                // A --no-sync copy, finished: syncing it is the next
+                // open's job (see `unsynced`).
+                continue;
+            }
             s.flush()?;
         }
         Ok(())

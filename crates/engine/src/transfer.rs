@@ -95,7 +95,7 @@ pub fn import_file(file: &File, len: u64, image: &Image, progress: &dyn Progress
         file.read_exact_at(buf, off)
             .map_err(io_err(format!("reading the source at offset {off}")))?;
         if !is_zero(buf) {
-            image.write_at(off, buf)?;
+            image.write_streaming(off, buf)?;
         }
         progress.inc(size as u64);
         Ok(())
@@ -122,7 +122,7 @@ pub fn import_stream(mut input: impl Read, image: &Image, progress: &dyn Progres
                 if failed.lock().is_some() {
                     continue;
                 }
-                if let Err(e) = image.write_at(off, &buf) {
+                if let Err(e) = image.write_streaming(off, &buf) {
                     failed.lock().get_or_insert(e);
                 }
                 progress.inc(buf.len() as u64);
@@ -259,7 +259,7 @@ pub fn copy_image(from: &Image, to: &Image, progress: &dyn Progress) -> Result<(
         let (off, len) = chunks[i as usize];
         let buf = &mut buf[..len as usize];
         from.read_at(off, buf)?;
-        to.write_at(off, buf)?;
+        to.write_streaming(off, buf)?;
         progress.inc(len);
         Ok(())
     })?;

@@ -1068,3 +1068,43 @@ fn flatten_after_unaligned_clone_shrink_copies_no_shadowed_block() {
     assert!(du_total(&store, "c") <= 45568u64.div_ceil(4096) * 4096);
     assert!(store.check(false).unwrap().is_clean());
 }
+
+/// A pinned snapshot (an NBD client reading it) cannot be removed: its data
+/// would be released under the reader, which would read zeros silently.
+/// Pinning and removal decide under one lock, so a reader that pins after
+/// the removal gets "not found", never a half-removed snapshot.
+#[test]
+fn a_snapshot_being_read_is_not_removed_under_its_reader() {
+    let (store, _, _) = mem_store(16);
+    let img = create(&store, "rbd/vm", MIB, 16);
+    let a = bytes(7, MIB as usize);
+    img.write_at(0, &a).unwrap();
+    store.snap_create(&spec("rbd/vm@s1")).unwrap();
+    img.write_at(0, &bytes(8, MIB as usize)).unwrap();
+    img.flush().unwrap();
+
+    let reader = store.open(&spec("rbd/vm@s1")).unwrap().pinned().unwrap();
+    let second = reader.clone();
+    let e = store
+        .snap_remove(&spec("rbd/vm@s1"), &NoProgress)
+        .unwrap_err();
+    assert!(matches!(e, Error::SnapInUse { readers: 1, .. }), "{e}");
+    assert!(e.to_string().contains("being read"), "{e}");
+    // Purge is refused the same way and removes nothing.
+    assert!(store.snap_purge(&spec("rbd/vm"), &NoProgress).is_err());
+    assert_eq!(store.snap_list(&spec("rbd/vm")).unwrap().len(), 1);
+    drop(reader);
+    // A clone of the pinned handle still holds the pin.
+    assert!(store.snap_remove(&spec("rbd/vm@s1"), &NoProgress).is_err());
+    assert_eq!(read_all(&second), a);
+    drop(second);
+
+    // An unpinned handle does not hold removal off, and pinning it after
+    // the removal fails instead of reading released data.
+    let late = store.open(&spec("rbd/vm@s1")).unwrap();
+    store.snap_remove(&spec("rbd/vm@s1"), &NoProgress).unwrap();
+    assert!(matches!(late.pinned(), Err(Error::SnapNotFound(_))));
+    // Heads are not pinned (nothing to remove under them).
+    assert!(!img.clone().pinned().unwrap().is_snapshot());
+    assert_clean(&store);
+}

@@ -63,7 +63,11 @@ pub(crate) fn resolve(store: &Store, name: &str) -> Result<Image, Refusal> {
                 .into(),
         });
     }
-    let opened = ImageSpec::parse(name).and_then(|spec| store.open(&spec));
+    // A snapshot is pinned for as long as the export is open, so that
+    // `snap rm` cannot release data a client is still reading.
+    let opened = ImageSpec::parse(name)
+        .and_then(|spec| store.open(&spec))
+        .and_then(Image::pinned);
     opened.map_err(|e| {
         let kind = match e.kind() {
             ErrorKind::NotFound | ErrorKind::InvalidInput => OptionError::UnknownExport,

@@ -98,8 +98,8 @@ where
             }
             Progress::Event(event) => match answer(&mut hs, event, store, limits, &client).await? {
                 Answer::Send(bytes, opened) => {
-                    if opened.is_some() {
-                        chosen = opened;
+                    if let Some(opened) = opened {
+                        chosen = Some(*opened);
                     }
                     wr.write_all(&bytes).await?;
                 }
@@ -139,7 +139,7 @@ where
 enum Answer {
     /// Bytes to send; the image (registered) if this answer enters
     /// transmission on it.
-    Send(Vec<u8>, Option<(Image, ConnGuard)>),
+    Send(Vec<u8>, Option<Box<(Image, ConnGuard)>>),
     /// Close without answering (`NBD_OPT_EXPORT_NAME` of an export that
     /// cannot be served: it has no error reply), and why.
     HangUp(&'static str),
@@ -245,7 +245,7 @@ async fn answer(
                     limits.max_payload,
                 )?);
                 out.extend(hs.reply_ack()?);
-                return Ok(Answer::Send(out, conn.map(|c| (image, c))));
+                return Ok(Answer::Send(out, conn.map(|c| Box::new((image, c)))));
             }
             Err(Refusal { kind, message }) => {
                 debug!(export, %message, "export refused");
@@ -265,7 +265,7 @@ async fn answer(
                     }
                 };
                 let out = hs.reply_export_name(image.size(), exports::flags(&image))?;
-                return Ok(Answer::Send(out, Some((image, conn))));
+                return Ok(Answer::Send(out, Some(Box::new((image, conn)))));
             }
             Err(Refusal { message, .. }) => {
                 debug!(export, %message, "export refused");

@@ -596,3 +596,37 @@ fn handshake_timeout_closes_idle_clients() {
     let mut ok = server.connect();
     handshake(&mut ok, ClientConfig::new("img")).expect("handshake");
 }
+
+/// A client reading a snapshot pins it: removing the snapshot through the
+/// engine (no CLI check in front) is refused while the client is connected
+/// and works once it is gone — the data is never released under a reader.
+#[test]
+fn a_connected_snapshot_reader_holds_snap_rm_off() {
+    let server = TestServer::start();
+    server.store.snap_create(&spec("img@pin")).unwrap();
+    let want = content(&server.store, "img@pin");
+    let mut c = Raw::tcp(server.port, "rbd/img@pin");
+    let e = server
+        .store
+        .snap_remove(&spec("img@pin"), &vdisk_engine::NoProgress)
+        .unwrap_err();
+    assert!(e.to_string().contains("being read by 1 client"), "{e}");
+    assert_eq!(c.read(0, 64 * 1024), want[..64 * 1024]);
+    c.disconnect();
+    // The server drops the handle when it sees the disconnect.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match server
+            .store
+            .snap_remove(&spec("img@pin"), &vdisk_engine::NoProgress)
+        {
+            Ok(()) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(e.to_string().contains("being read"), "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("snapshot still pinned 10 s after the disconnect: {e}"),
+        }
+    }
+    still_serving(&server);
+}
