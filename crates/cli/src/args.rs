@@ -942,13 +942,27 @@ pub struct CopyArgs {
     #[serde(default)]
     pub no_verify: bool,
 
+    /// Zero detection granularity, as qemu-img's -S: all-zero blocks of this size are left
+    /// sparse [default: 4K, or the qcow2 cluster]; 0 writes every byte as data (the output
+    /// fully allocated; pool images stay thin)
+    #[arg(short = 'S', value_name = "SIZE", value_parser = parse_sparse)]
+    #[serde(default)]
+    pub sparse: Option<u64>,
+
+    /// Accepted for qemu-img compatibility (-W): vdisk always writes out of order
+    #[arg(short = 'W', hide = true)]
+    #[serde(default)]
+    pub out_of_order: bool,
+
     /// Parallel requests (qemu-img's -m) [default: 4]
     #[arg(short = 'm', long = "parallel", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     #[serde(default)]
     pub parallel: Option<u16>,
 
-    /// Do not sync a file destination at the end: leave the data to the page
-    /// cache, as `qemu-img convert` does (faster; a crash may lose the copy)
+    /// Do not sync at the end: leave the data to the page cache, as `qemu-img
+    /// convert` does (faster). A file may lose data if the machine crashes; a
+    /// new pool image is marked until the next vdisk command (or the daemon, at
+    /// once) syncs it, and refused if the machine restarted before that
     #[arg(long)]
     #[serde(default)]
     pub no_sync: bool,
@@ -985,6 +999,12 @@ pub struct ConvertArgs {
     #[arg(long, value_enum, value_name = "TYPE", default_value_t = Compression::Zlib)]
     #[serde(default = "zlib")]
     pub compression_type: Compression,
+
+    /// qcow2 creation options, as qemu-img's -o: cluster_size=SIZE, refcount_bits=N,
+    /// compression_type=zlib|zstd (comma-separated; may be repeated)
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    #[serde(default)]
+    pub options: Vec<String>,
 
     /// Replace an existing destination file
     #[arg(long)]
@@ -1033,4 +1053,9 @@ pub struct MapArgs {
     #[arg(short = 'f', value_enum, value_name = "FMT")]
     #[serde(default)]
     pub src_format: Option<ImageFormat>,
+}
+
+/// `-S SIZE`: bytes (suffixes K, M... as elsewhere; a bare number is bytes).
+fn parse_sparse(v: &str) -> Result<u64, String> {
+    vdisk_engine::spec::parse_bytes(v).map_err(|e| e.to_string())
 }

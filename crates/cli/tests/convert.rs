@@ -164,6 +164,74 @@ impl Server {
     }
 }
 
+impl Server {
+    /// nbdkit's pattern plugin (data everywhere) answering each READ after
+    /// `secs` seconds; its log (`-v`) goes to `NAME.log` next to the socket.
+    fn slow(e: &Env, name: &str, secs: u32) -> Option<Self> {
+        let nbdkit = tool("nbdkit")?;
+        let sock = e.file(&format!("{name}.sock"));
+        let _ = std::fs::remove_file(&sock);
+        let log = std::fs::File::create(e.file(&format!("{name}.log"))).unwrap();
+        let child = spawn(
+            Command::new(nbdkit)
+                .args(["-f", "-v", "--exit-with-parent", "-U"])
+                .arg(&sock)
+                .args(["--filter=delay", "pattern", "8M"])
+                .arg(format!("rdelay={secs}"))
+                .stdout(Stdio::null())
+                .stderr(log),
+        );
+        Some(Self::wait(child, sock))
+    }
+}
+
+/// Runs `args` (with `{}` standing for the URI) against a server of its
+/// own that stops answering, and returns stderr. Each command meets a
+/// fresh server, so what is tested is vdisk's timeout, not how nbdkit
+/// copes with the clients that gave up before it; nbdkit's log is
+/// attached when the command fails in another way than expected.
+fn against_silent_server(e: &Env, name: &str, args: &[&str], code: i32) -> Option<String> {
+    let mut server = Server::slow(e, name, 30)?;
+    let args: Vec<String> = args.iter().map(|a| a.replace("{}", &server.uri)).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = e.run(&args);
+    if out.status.code() != Some(code) {
+        let alive = server.child.try_wait().ok().flatten();
+        let log = std::fs::read_to_string(e.file(&format!("{name}.log"))).unwrap_or_default();
+        panic!("{args:?}: {out:?}\nnbdkit exit status: {alive:?}\nnbdkit log:\n{log}");
+    }
+    Some(check_failure(&args, &out, code))
+}
+
+/// A server that stops answering fails the copy after the request timeout
+/// (`VDISK_NBD_TIMEOUT`), naming the cause, and leaves no output behind;
+/// a bad timeout value is refused before anything is created.
+#[test]
+fn a_server_that_stops_answering_times_out() {
+    let e = Env::new();
+    let out = e.file("out.raw");
+    let out_s = path_str(&out);
+    e.set_var("VDISK_NBD_TIMEOUT", "1");
+    let start = Instant::now();
+    let Some(err) = against_silent_server(&e, "convert", &["convert", "{}", &out_s], 1) else {
+        return;
+    };
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(err.contains("did not answer a request within 1 s"), "{err}");
+    assert!(!out.exists());
+    let err = against_silent_server(&e, "import", &["import", "{}", "rbd/slow"], 1).unwrap();
+    assert!(err.contains("did not answer"), "{err}");
+    assert!(e.ok(&["ls"]).trim().is_empty());
+    e.set_var("VDISK_NBD_TIMEOUT", "soon");
+    let err = against_silent_server(&e, "bad", &["convert", "{}", &out_s], 1).unwrap();
+    assert!(err.contains("not a number of seconds"), "{err}");
+    assert!(!out.exists());
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -410,4 +478,156 @@ fn vdisk_serve_is_a_peer_over_tcp() {
     e.ok(&["compare", "rbd/img", &path_str(&qcow2)]);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop {
+    dev: PathBuf,
+}
+
+impl Loop {
+    /// Needs root (losetup); skipped otherwise, even with
+    /// `VDISK_REQUIRE_TOOLS` (CI machines may not give root).
+    fn attach(file: &Path) -> Option<Self> {
+        let losetup = tool("losetup")?;
+        let out = Command::new(losetup)
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "SKIPPED: no loop device ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Some(Loop { dev })
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// A block device destination: written in place (needs -n), zero ranges
+/// with BLKZEROOUT only after proving it on this device (a loop device
+/// zeroes for real), read back by default; the device then holds exactly
+/// the source, garbage included nowhere. And a block device as a source.
+#[test]
+fn block_device_destination_proves_blkzeroout_and_verifies() {
+    let e = Env::new();
+    let Some((raw, qcow2)) = source(&e) else {
+        return;
+    };
+    let backing = e.file("loop.img");
+    std::fs::write(&backing, garbage(SIZE)).unwrap();
+    let Some(dev) = Loop::attach(&backing) else {
+        return;
+    };
+    let d = path_str(&dev.dev);
+    // Refused without -n/--force, and nothing written.
+    let err = e.fail(&["convert", &path_str(&qcow2), &d], EXISTS);
+    assert!(err.contains("-n"), "{err}");
+    assert_eq!(std::fs::read(&backing).unwrap(), garbage(SIZE));
+
+    let report = e.json(&["convert", &path_str(&qcow2), &d, "-n"]);
+    assert_eq!(report["zeroing"], "proven", "{report}");
+    assert_eq!(report["zeroing_detail"], "BLKZEROOUT", "{report}");
+    assert_eq!(report["verified"], true, "{report}");
+    assert!(report["zeroed_fast"].as_u64().unwrap() > 0, "{report}");
+    let want = std::fs::read(&raw).unwrap();
+    let mut got = vec![0u8; want.len()];
+    std::fs::File::open(&dev.dev)
+        .unwrap()
+        .read_exact_at(&mut got, 0)
+        .unwrap();
+    assert!(got == want, "the device differs from the source");
+    e.ok(&["gpt", &d]);
+    assert_eq!(
+        e.run(&["compare", &path_str(&raw), &d]).status.code(),
+        Some(0)
+    );
+
+    // The device as a source.
+    e.ok(&["import", &d, "rbd/fromdev"]);
+    assert!(e.read_all("rbd/fromdev") == want);
+}
+
+/// qemu-img's `-S`, `-W` and `-o` as an operator types them: `-S 0`
+/// writes every byte (a fully allocated raw file, allocated qcow2
+/// clusters), `-o cluster_size=…,refcount_bits=…` shapes the qcow2 that
+/// `qemu-img check` then accepts, and unknown or impossible options are
+/// refused by name before anything is written.
+#[test]
+fn qemu_img_style_sparse_and_creation_options() {
+    let e = Env::new();
+    let Some(qemu_img) = tool("qemu-img") else {
+        return;
+    };
+    let src = e.file("sparse.raw");
+    let f = std::fs::File::create(&src).unwrap();
+    f.set_len(8 << 20).unwrap();
+    f.write_all_at(&random_data(1 << 20, 7), 3 << 20).unwrap();
+    drop(f);
+    let s = path_str(&src);
+    let allocated = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().blocks() * 512
+    };
+
+    let thin = e.file("thin.raw");
+    e.ok(&["convert", &s, &path_str(&thin), "-W"]);
+    assert!(allocated(&thin) <= 2 << 20, "{}", allocated(&thin));
+    let full = e.file("full.raw");
+    let r = e.json(&["convert", &s, &path_str(&full), "-S", "0"]);
+    assert_eq!(r["zeroing"], "disabled", "{r}");
+    assert_eq!(r["written"], 8 << 20, "{r}");
+    assert!(allocated(&full) >= 8 << 20, "{}", allocated(&full));
+    assert!(std::fs::read(&full).unwrap() == std::fs::read(&src).unwrap());
+
+    let q = e.file("opts.qcow2");
+    e.ok(&[
+        "convert",
+        &s,
+        &path_str(&q),
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=128k",
+        "-o",
+        "refcount_bits=8",
+    ]);
+    let info = run_tool(
+        Command::new(&qemu_img)
+            .args(["info", "--output=json"])
+            .arg(&q),
+    );
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["cluster-size"], 128 << 10, "{info}");
+    assert_eq!(
+        info["format-specific"]["data"]["refcount-bits"], 8,
+        "{info}"
+    );
+    run_tool(Command::new(&qemu_img).arg("check").arg(&q));
+    assert!(qemu_img_compare(&src, &q));
+
+    let out = path_str(&e.file("never.qcow2"));
+    for (opt, needle) in [
+        ("preallocation=full", "not an option"),
+        ("cluster_size=3k", "power of two"),
+        ("refcount_bits=3", "refcount widths"),
+        ("compression_type=lz4", "zlib and zstd"),
+        ("cluster_size", "key=value"),
+    ] {
+        let err = e.fail(&["convert", &s, &out, "-O", "qcow2", "-o", opt], USAGE);
+        assert!(err.contains(needle), "{opt}: {err}");
+    }
+    let err = e.fail(&["convert", &s, &out, "-o", "cluster_size=64k"], USAGE);
+    assert!(err.contains("add -O qcow2"), "{err}");
+    e.fail(&["convert", &s, &out, "-S", "lots"], USAGE);
+    assert!(!Path::new(&out).exists());
 }

@@ -17,6 +17,12 @@ pub struct CopyOptions {
     pub chunk: u64,
     /// Read the destination back and compare it with the source.
     pub verify: bool,
+    /// Zero detection granularity in bytes (qemu-img's `-S`); `Some(0)`:
+    /// none — every byte is written as data, zero ranges included, so a
+    /// file destination ends fully allocated (pool images stay thin: the
+    /// engine keeps zeros in metadata). `None`: 4 KiB (or the
+    /// destination's cluster).
+    pub sparse: Option<u64>,
 }
 
 impl Default for CopyOptions {
@@ -25,6 +31,7 @@ impl Default for CopyOptions {
             workers: 8,
             chunk: 2 << 20,
             verify: false,
+            sparse: None,
         }
     }
 }
@@ -45,6 +52,8 @@ pub enum ZeroProof {
     Failed(&'static str, String),
     /// No fast zeroing (or no way to read back): zeros written as data.
     Unavailable,
+    /// Zero detection off (`-S 0`): zeros written as data, nothing skipped.
+    Disabled,
 }
 
 /// What [`copy`] did.
@@ -231,7 +240,10 @@ pub fn copy(
 
     // Zero ranges, as the workers will see them: an item's complement of
     // its data spans.
-    let zeroing = if dst.created_zero() {
+    let write_all = opts.sparse == Some(0);
+    let zeroing = if write_all {
+        ZeroProof::Disabled
+    } else if dst.created_zero() {
         ZeroProof::CreatedZero
     } else if dst.zero_trusted() {
         ZeroProof::Trusted
@@ -259,10 +271,10 @@ pub fn copy(
     let skip_zero = matches!(zeroing, ZeroProof::CreatedZero);
     let fast_zero = matches!(zeroing, ZeroProof::Trusted | ZeroProof::Proven(_));
     // Zero detection inside data: per block of this size.
-    let block = if dst.detects_zeros() {
-        chunk
-    } else {
-        align.max(4096).min(chunk)
+    let block = match opts.sparse {
+        Some(n) if n > 0 => n.next_multiple_of(align).min(chunk),
+        _ if dst.detects_zeros() => chunk,
+        _ => align.max(4096).min(chunk),
     };
 
     let write = |data: &[u8], off: u64| dst.write_at(data, off);
@@ -309,7 +321,7 @@ pub fn copy(
             let mut b = s;
             while b < t {
                 let bend = (b + block).min(t);
-                let z = is_zero(&data[(b - s) as usize..(bend - s) as usize]);
+                let z = !write_all && is_zero(&data[(b - s) as usize..(bend - s) as usize]);
                 if run_zero.is_some_and(|rz| rz != z) {
                     emit(
                         &write,

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vdisk_nbd::client::{
     Chunk, ChunkHeader, ClientConfig, ClientHandshake, ClientProgress, ReplyHeader,
 };
@@ -183,6 +183,12 @@ impl Stream {
             Stream::Unix(s) => s.set_read_timeout(t),
         }
     }
+    fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Unix(s) => s.set_write_timeout(t),
+        }
+    }
 }
 
 impl Read for Stream {
@@ -222,6 +228,8 @@ struct Pending {
     status: Vec<(u32, u32)>,
     error: Option<String>,
     done: bool,
+    /// When the request was sent (for the timeout).
+    since: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -238,6 +246,11 @@ struct Shared {
 pub struct NbdClient {
     uri: String,
     writer: Mutex<Stream>,
+    /// Another handle on the socket, to shut it down when a request times
+    /// out (while a sender may hold `writer`).
+    control: Stream,
+    /// How long a request may wait for its reply; `None`: forever.
+    timeout: Option<Duration>,
     shared: Arc<Shared>,
     reader: Mutex<Option<JoinHandle<()>>>,
     cookie: AtomicU64,
@@ -252,11 +265,32 @@ pub struct NbdClient {
 /// plus headers).
 const MAX_REQUEST: u32 = 32 << 20;
 
+/// Environment variable: seconds a request may wait for its reply (0:
+/// forever).
+pub const TIMEOUT_ENV: &str = "VDISK_NBD_TIMEOUT";
+/// Default of [`TIMEOUT_ENV`].
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The request timeout from [`TIMEOUT_ENV`].
+fn request_timeout() -> std::result::Result<Option<Duration>, String> {
+    match std::env::var(TIMEOUT_ENV) {
+        Err(_) => Ok(Some(DEFAULT_TIMEOUT)),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(Duration::from_secs(n))),
+            Err(_) => Err(format!(
+                "{TIMEOUT_ENV}={v:?} is not a number of seconds (0: wait forever)"
+            )),
+        },
+    }
+}
+
 impl NbdClient {
     /// Connects and negotiates.
     pub fn connect(uri: &NbdUri) -> Result<Self> {
         let text = uri.text.clone();
         let err = |m: String| Error::nbd(&text, m);
+        let timeout = request_timeout().map_err(err)?;
         let mut stream = match &uri.transport {
             Transport::Tcp { host, port } => {
                 let s = TcpStream::connect((host.as_str(), *port))
@@ -307,6 +341,11 @@ impl NbdClient {
         stream
             .set_read_timeout(None)
             .map_err(|e| err(e.to_string()))?;
+        // A server that stops reading must not block a sender forever.
+        stream
+            .set_write_timeout(timeout)
+            .map_err(|e| err(e.to_string()))?;
+        let control = stream.try_clone().map_err(|e| err(e.to_string()))?;
         let alloc_context = negotiated
             .meta_contexts
             .iter()
@@ -331,6 +370,8 @@ impl NbdClient {
         Ok(NbdClient {
             uri: text,
             writer: Mutex::new(stream),
+            control,
+            timeout,
             shared,
             reader: Mutex::new(Some(reader)),
             cookie: AtomicU64::new(1),
@@ -384,6 +425,7 @@ impl NbdClient {
             Pending {
                 read_offset,
                 data,
+                since: Some(Instant::now()),
                 ..Pending::default()
             },
         );
@@ -423,7 +465,28 @@ impl NbdClient {
                 map.remove(&cookie);
                 return Err(Error::nbd(&self.uri, why));
             }
-            self.shared.cv.wait(&mut map);
+            let since = map.get(&cookie).and_then(|p| p.since);
+            match (self.timeout, since) {
+                (Some(t), Some(since)) => {
+                    let deadline = since + t;
+                    if Instant::now() >= deadline {
+                        // The connection is unusable now (replies may
+                        // still come, out of step): fail every request.
+                        self.shared.dead.lock().get_or_insert_with(|| {
+                            format!(
+                                "the server did not answer a request within {} s \
+                                 (set {TIMEOUT_ENV}=SECONDS to wait longer, 0 to wait forever)",
+                                t.as_secs()
+                            )
+                        });
+                        self.control.shutdown();
+                        self.shared.cv.notify_all();
+                        continue;
+                    }
+                    self.shared.cv.wait_until(&mut map, deadline);
+                }
+                _ => self.shared.cv.wait(&mut map),
+            }
         }
     }
 
@@ -596,7 +659,8 @@ fn reader_loop(mut rx: impl Read, shared: &Shared) {
         Ok(()) => "the server closed the connection".to_string(),
         Err(e) => e,
     };
-    *shared.dead.lock() = Some(why);
+    // A reason set first (a timeout that shut the socket) stays.
+    shared.dead.lock().get_or_insert(why);
     shared.cv.notify_all();
 }
 

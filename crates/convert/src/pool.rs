@@ -67,12 +67,24 @@ impl Source for PoolSource {
 pub struct PoolDest {
     image: Image,
     created: bool,
+    durable: bool,
 }
 
 impl PoolDest {
     /// Wraps an image head.
     pub fn new(image: Image, created: bool) -> Self {
-        PoolDest { image, created }
+        PoolDest {
+            image,
+            created,
+            durable: true,
+        }
+    }
+
+    /// Finishes without syncing the data (`Image::flush_unsynced`): only
+    /// for an image marked with `Store::mark_unsynced`.
+    pub fn unsynced(mut self) -> Self {
+        self.durable = false;
+        self
     }
 }
 
@@ -99,7 +111,14 @@ impl Dest for PoolDest {
         Some("write-zeroes (metadata)")
     }
     fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        Ok(self.image.write_at(offset, data)?)
+        if self.durable {
+            // A copy writes each range once and flushes at the end: start
+            // the writeback now, so the flush has less to wait for.
+            Ok(self.image.write_streaming(offset, data)?)
+        } else {
+            // Nothing waits for the disk: leave the writeback to the kernel.
+            Ok(self.image.write_at(offset, data)?)
+        }
     }
     fn zero_fast(&self, offset: u64, len: u64) -> Result<()> {
         Ok(self.image.write_zeroes(offset, len)?)
@@ -111,7 +130,11 @@ impl Dest for PoolDest {
         Ok(self.image.read_at(offset, buf)?)
     }
     fn finish(&self) -> Result<()> {
-        Ok(self.image.flush()?)
+        if self.durable {
+            Ok(self.image.flush()?)
+        } else {
+            Ok(self.image.flush_unsynced()?)
+        }
     }
     fn reopen(&self) -> Result<Box<dyn Source>> {
         Ok(Box::new(PoolSource::new(self.image.clone())))

@@ -170,6 +170,8 @@ struct DstArgs<'a> {
     copy: &'a CopyArgs,
     /// `export`: a non-URI is a path even without `/` or `.`.
     plain_file: bool,
+    /// `-o` qcow2 creation options.
+    options: &'a [String],
 }
 
 fn open_dest(ctx: &Ctx, d: &DstArgs<'_>, size: u64) -> Result<(Box<dyn Dest>, Created, bool)> {
@@ -202,6 +204,12 @@ fn open_dest(ctx: &Ctx, d: &DstArgs<'_>, size: u64) -> Result<(Box<dyn Dest>, Cr
                 ));
             }
             let spec = image_spec(&p).map_err(|e| path_hint(&p, e))?;
+            if c.no_create && c.no_sync {
+                return Err(CliError::invalid(
+                    "--no-sync applies to pool images this command creates, not to existing ones (-n)",
+                )
+                .with_hint("drop --no-sync (the copy is then synced), or copy into a new image"));
+            }
             if c.no_create {
                 let img = ctx.store.open(&spec)?;
                 return Ok((
@@ -224,8 +232,18 @@ fn open_dest(ctx: &Ctx, d: &DstArgs<'_>, size: u64) -> Result<(Box<dyn Dest>, Cr
                 features: None,
             };
             let img = ctx.store.create(&spec, &opts)?;
+            let dest = if c.no_sync {
+                if let Err(e) = ctx.store.mark_unsynced(&spec) {
+                    drop(img);
+                    let _ = ctx.store.remove(&spec);
+                    return Err(e.into());
+                }
+                PoolDest::new(img, true).unsynced()
+            } else {
+                PoolDest::new(img, true)
+            };
             Ok((
-                Box::new(PoolDest::new(img, true)),
+                Box::new(dest),
                 Created {
                     image: Some(spec),
                     ..Created::default()
@@ -263,8 +281,13 @@ fn open_dest(ctx: &Ctx, d: &DstArgs<'_>, size: u64) -> Result<(Box<dyn Dest>, Cr
                 );
             }
             let is_regular = meta.as_ref().is_some_and(|m| m.is_file());
+            if !qcow2 && !d.options.is_empty() {
+                return Err(CliError::invalid(
+                    "-o sets qcow2 creation options; the destination is raw (add -O qcow2)",
+                ));
+            }
             if qcow2 {
-                let opts = vdisk_qcow2::WriterOptions {
+                let mut opts = vdisk_qcow2::WriterOptions {
                     compression: d.compress.map(|t| match t {
                         Compression::Zlib => vdisk_qcow2::CompressionType::Zlib,
                         Compression::Zstd => vdisk_qcow2::CompressionType::Zstd,
@@ -272,6 +295,7 @@ fn open_dest(ctx: &Ctx, d: &DstArgs<'_>, size: u64) -> Result<(Box<dyn Dest>, Cr
                     durable: !c.no_sync,
                     ..Default::default()
                 };
+                apply_create_options(&mut opts, d.options)?;
                 if exists && !is_regular {
                     return Err(CliError::invalid(format!(
                         "{p} is not a regular file; qcow2 is written to files"
@@ -323,6 +347,7 @@ fn run_copy(ctx: &Ctx, src: &dyn Source, d: &DstArgs<'_>) -> Result<()> {
     let opts = CopyOptions {
         workers: c.parallel.map_or(4, usize::from),
         verify: !c.no_verify && (c.verify || verify_default),
+        sparse: c.sparse,
         ..CopyOptions::default()
     };
     let progress = ctx.progress();
@@ -337,6 +362,9 @@ fn run_copy(ctx: &Ctx, src: &dyn Source, d: &DstArgs<'_>) -> Result<()> {
             return Err(e.into());
         }
     };
+    if c.no_sync && created.image.is_some() {
+        settle_later(ctx);
+    }
     if ctx.out.is_json() {
         let (zeroing, detail) = match &report.zeroing {
             ZeroProof::CreatedZero => ("created-zero", None),
@@ -345,6 +373,7 @@ fn run_copy(ctx: &Ctx, src: &dyn Source, d: &DstArgs<'_>) -> Result<()> {
             ZeroProof::Proven(op) => ("proven", Some(op.to_string())),
             ZeroProof::Failed(op, why) => ("failed", Some(format!("{op} {why}"))),
             ZeroProof::Unavailable => ("written-as-data", None),
+            ZeroProof::Disabled => ("disabled", None),
         };
         ctx.out.json(&ReportJson {
             source: src.describe(),
@@ -370,6 +399,7 @@ pub fn convert(ctx: &Ctx, a: ConvertArgs) -> Result<()> {
         force: a.force,
         copy: &a.copy,
         plain_file: false,
+        options: &a.options,
     };
     run_copy(ctx, &*src, &d)
 }
@@ -426,6 +456,7 @@ pub fn import(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         force: false,
         copy: &a.copy,
         plain_file: false,
+        options: &[],
     };
     run_copy(ctx, &*src, &d)
 }
@@ -458,6 +489,7 @@ pub fn export(ctx: &Ctx, a: ExportArgs) -> Result<()> {
         force: a.force,
         copy: &a.copy,
         plain_file: true,
+        options: &[],
     };
     run_copy(ctx, &src, &d)
 }
@@ -553,4 +585,67 @@ pub fn map(ctx: &Ctx, a: MapArgs) -> Result<()> {
         ]);
     }
     ctx.out.text(&t.render())
+}
+
+/// After a `--no-sync` copy into a pool: the daemon syncs it in the
+/// background at once (it may run for weeks); a command run without a
+/// daemon leaves it to the next open of the store.
+pub fn settle_later(ctx: &Ctx) {
+    if ctx.daemon.is_some() {
+        let store = ctx.store.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = store.settle_unsynced() {
+                tracing::warn!("syncing images copied with --no-sync: {e}");
+            }
+        });
+    }
+}
+
+/// qemu-img's `-o key=value[,key=value...]` for a new qcow2 file (the
+/// options vdisk's writer has; others are refused by name).
+fn apply_create_options(opts: &mut vdisk_qcow2::WriterOptions, list: &[String]) -> Result<()> {
+    for item in list.iter().flat_map(|l| l.split(',')) {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| CliError::invalid(format!("-o {item:?}: write options as key=value")))?;
+        let bad = |why: &str| CliError::invalid(format!("-o {key}={value}: {why}"));
+        match key {
+            "cluster_size" => {
+                let n = vdisk_engine::spec::parse_bytes(value).map_err(|e| bad(&e.to_string()))?;
+                if !n.is_power_of_two() || !(512..=2 << 20).contains(&n) {
+                    return Err(bad("a cluster size is a power of two from 512 to 2M"));
+                }
+                opts.cluster_size = n;
+            }
+            "refcount_bits" => {
+                let n: u32 = value.parse().map_err(|_| bad("not a number"))?;
+                if !n.is_power_of_two() || n > 64 {
+                    return Err(bad("refcount widths are 1, 2, 4, 8, 16, 32 or 64 bits"));
+                }
+                opts.refcount_bits = n;
+            }
+            "compression_type" => {
+                let t = match value {
+                    "zlib" => vdisk_qcow2::CompressionType::Zlib,
+                    "zstd" => vdisk_qcow2::CompressionType::Zstd,
+                    _ => return Err(bad("the compression types are zlib and zstd")),
+                };
+                // As in qemu-img: the type of -c's compression.
+                if opts.compression.is_some() {
+                    opts.compression = Some(t);
+                }
+            }
+            _ => {
+                return Err(CliError::invalid(format!(
+                    "-o {key}: not an option vdisk's qcow2 writer has"
+                ))
+                .with_hint("supported: cluster_size, refcount_bits, compression_type"))
+            }
+        }
+    }
+    Ok(())
 }

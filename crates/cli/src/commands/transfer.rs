@@ -98,12 +98,24 @@ pub fn import(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         features,
     };
     let img = ctx.store.create(&spec, &opts)?;
+    let no_sync = a.copy.no_sync;
     let progress = ctx.progress();
-    let result = match source {
+    let result = if no_sync {
+        ctx.store.mark_unsynced(&spec)
+    } else {
+        Ok(())
+    }
+    .and_then(|()| match source {
         Source::Sized(f, len) => transfer::import_file(&f, len, &img, &progress),
         Source::Stream(r) => transfer::import_stream(r, &img, &progress).map(|_| ()),
-    }
-    .and_then(|_| img.flush());
+    })
+    .and_then(|_| {
+        if no_sync {
+            img.flush_unsynced()
+        } else {
+            img.flush()
+        }
+    });
     drop(progress);
     if let Err(e) = result {
         // Leave the pool as it was: remove the half-imported image.
@@ -112,6 +124,9 @@ pub fn import(ctx: &Ctx, a: ImportArgs) -> Result<()> {
             ctx.warn(format!("could not remove the partial image {spec}: {e2}"));
         }
         return Err(e.into());
+    }
+    if no_sync {
+        super::convert::settle_later(ctx);
     }
     Ok(())
 }

@@ -53,13 +53,28 @@ pub fn spawn(c: &mut Command) -> std::process::Child {
 /// One test's world: a data directory and room for files next to it.
 pub struct Env {
     tmp: TempDir,
+    /// Environment variables set for the commands run.
+    vars: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl Env {
     pub fn new() -> Self {
         Env {
             tmp: TempDir::new().expect("temporary directory"),
+            vars: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Runs the next commands as if the machine's boot id were `id`.
+    pub fn set_boot_id(&self, id: &str) {
+        self.set_var("VDISK_BOOT_ID", id);
+    }
+
+    /// Sets an environment variable for the next commands.
+    pub fn set_var(&self, key: &str, value: &str) {
+        let mut vars = self.vars.lock().unwrap();
+        vars.retain(|(k, _)| k != key);
+        vars.push((key.to_owned(), value.to_owned()));
     }
 
     /// The data directory passed as `--dir`.
@@ -79,6 +94,11 @@ impl Env {
             .arg("--no-progress")
             .args(args)
             .env_remove("VDISK_DIR");
+        c.env_remove("VDISK_BOOT_ID")
+            .env_remove("VDISK_NBD_TIMEOUT");
+        for (k, v) in &*self.vars.lock().unwrap() {
+            c.env(k, v);
+        }
         c
     }
 

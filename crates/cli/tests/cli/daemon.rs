@@ -617,3 +617,21 @@ fn files_metadata_and_the_api_itself() {
     assert!(metrics.contains("vdisk_api_requests_total"));
     d.stop();
 }
+
+/// `import --no-sync` run by the daemon: the daemon syncs the copy right
+/// after, so a restart once that is done loses nothing (the image opens
+/// with another boot id).
+#[test]
+fn the_daemon_syncs_a_no_sync_import_at_once() {
+    let e = Env::new();
+    let data = random_data(6 * MIB, 3);
+    let src = e.put_file("disk.raw", &data);
+    e.set_boot_id("boot-1");
+    let d = Daemon::start(&e, &[]);
+    e.ok(&["import", &src, "rbd/fast", "--no-sync"]);
+    // The sync runs on a thread of the daemon's: a moment.
+    std::thread::sleep(Duration::from_millis(1500));
+    d.stop();
+    e.set_boot_id("boot-2");
+    assert!(e.read_all("rbd/fast") == data);
+}

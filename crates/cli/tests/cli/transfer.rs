@@ -126,3 +126,60 @@ fn copy_images() {
     e.refused(&["cp", "nope", "x"], NOT_FOUND, "does not exist");
     e.refused(&["cp", "src", "x@y"], USAGE, "snapshot is not allowed");
 }
+
+/// `--no-sync` copies into a pool (import of a raw file, convert into a new
+/// image): the next command of the same boot syncs them and they read back
+/// whole; a restart before that (another boot id) makes them refused with
+/// the reason, reported by `check`, and removable.
+#[test]
+fn no_sync_copies_are_synced_by_the_next_command_or_refused_after_a_restart() {
+    let e = Env::new();
+    let data = mixed(6 * MIB + 512, 41);
+    let src = e.put_file("disk.raw", &data);
+
+    // Same boot: the next command syncs; afterwards no restart matters.
+    e.set_boot_id("boot-1");
+    e.ok(&["import", &src, "rbd/kept", "--no-sync"]);
+    e.ok(&["info", "rbd/kept"]);
+    e.set_boot_id("boot-2");
+    assert_eq!(e.read_all("rbd/kept"), data);
+    let check = e.ok(&["check"]);
+    assert!(check.contains("no errors"), "{check}");
+
+    // A restart right after: refused (exit 7, corrupt), named by check,
+    // removable, and the rest of the pool is untouched.
+    e.set_boot_id("boot-3");
+    e.ok(&["import", &src, "rbd/raw", "--no-sync"]);
+    e.set_boot_id("boot-4");
+    e.ok(&["convert", &src, "rbd/conv", "--no-sync"]);
+    e.set_boot_id("boot-5");
+    for spec in ["rbd/conv", "rbd/raw"] {
+        let err = e.fail(&["info", spec], 7);
+        assert!(
+            err.contains("restarted before its data was synced"),
+            "{err}"
+        );
+        assert!(err.contains(&format!("vdisk rm {spec}")), "{err}");
+        e.fail(&["export", spec, "-"], 7);
+        e.fail(&["snap", "create", &format!("{spec}@s")], 7);
+    }
+    let out = e.run(&["check"]);
+    assert_eq!(out.status.code(), Some(7));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("rbd/raw: copied with --no-sync") && report.contains("rbd/conv"),
+        "{report}"
+    );
+    assert_eq!(e.read_all("rbd/kept"), data);
+    e.ok(&["rm", "rbd/raw"]);
+    e.ok(&["rm", "rbd/conv"]);
+    e.ok(&["check"]);
+    // The name is free again; a normal (synced) import needs no mark.
+    e.ok(&["import", &src, "rbd/raw"]);
+    e.set_boot_id("boot-6");
+    assert_eq!(e.read_all("rbd/raw"), data);
+
+    // Only images the command creates: not an existing one (-n).
+    let err = e.fail(&["convert", &src, "rbd/raw", "-n", "--no-sync"], 2);
+    assert!(err.contains("--no-sync applies to pool images"), "{err}");
+}
