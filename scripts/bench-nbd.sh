@@ -9,10 +9,14 @@
 # servers alike. Medians of REPS, then ratios vdisk / peer.
 #
 # Usage: scripts/bench-nbd.sh [SERVERS...]
-#   servers: vdisk-tcp vdisk-unix and the names of nbd-peers.sh
+#   servers: vdisk-tcp vdisk-unix, vdiskb-tcp vdiskb-unix (a second vdisk
+#   binary, VDISK_B, on its own store: A/B comparisons of two builds in one
+#   run) and the names of nbd-peers.sh
 #   (default: vdisk-tcp kit-file-tcp kit-mem-tcp qnbd-raw-tcp qnbd-qcow2-tcp)
 # Env: REPS (5), RUNTIME (10 s), RAMP (1 s), QD (16), SEQ_QD (16),
-#      NBD_SIZE (2G), BENCH_DIR (/var/tmp), OUTDIR (/tmp/vdisk-bench/nbd-interleaved)
+#      NBD_SIZE (2G), BENCH_DIR (/var/tmp), OUTDIR (/tmp/vdisk-bench/nbd-interleaved),
+#      JOBS (which jobs, default "seq-read seq-write rand-read rand-write"),
+#      VDISK_B (path of the second vdisk binary for vdiskb-*)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED_BENCH:-$(cd ../shared/bench && pwd)}
@@ -28,10 +32,13 @@ command -v fio >/dev/null || { echo "fio not installed (apt-get install -y fio)"
 cargo build --release --quiet --bin vdisk
 V=$PWD/target/release/vdisk
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/vdisk-nbd-bench.XXXXXX")
+JOBS=${JOBS:-"seq-read seq-write rand-read rand-write"}
 vpid=
+bpid=
 peers=()
 cleanup() {
   [ -n "$vpid" ] && kill "$vpid" 2>/dev/null && wait "$vpid" 2>/dev/null
+  [ -n "$bpid" ] && kill "$bpid" 2>/dev/null && wait "$bpid" 2>/dev/null
   [ ${#peers[@]} -gt 0 ] && ONLY="${peers[*]}" "$SHARED/nbd-peers.sh" clean >/dev/null
   rm -rf "$work"
 }
@@ -43,19 +50,33 @@ uri_of() {
   case "$1" in
     vdisk-tcp) echo nbd://127.0.0.1:10815/bench ;;
     vdisk-unix) echo "nbd+unix:///bench?socket=$work/nbd.sock" ;;
+    vdiskb-tcp) echo nbd://127.0.0.1:10816/bench ;;
+    vdiskb-unix) echo "nbd+unix:///bench?socket=$work/nbd-b.sock" ;;
     *) ONLY=$1 "$SHARED/nbd-peers.sh" uri "$1" ;;
   esac
 }
 
+# start_vdisk BIN STORE PORT SOCK LOG: one image "bench", served in the
+# background (its pid in $started) and waited for until its socket exists.
+start_vdisk() {
+  "$1" --dir "$2" --no-progress create bench --size "$NBD_SIZE"
+  "$1" --dir "$2" serve --listen "127.0.0.1:$3" --socket "$4" 2>"$5" &
+  started=$!
+  for _ in $(seq 100); do [ -S "$4" ] && break; sleep 0.1; done
+}
+
 for s in $SERVERS; do
   case "$s" in
+    vdiskb-*)
+      if [ -z "$bpid" ]; then
+        [ -x "${VDISK_B:-}" ] || { echo "$s needs VDISK_B=path of a vdisk binary" >&2; exit 1; }
+        start_vdisk "$VDISK_B" "$work/store-b" 10816 "$work/nbd-b.sock" "$work/serve-b.log"
+        bpid=$started
+      fi ;;
     vdisk-*)
       if [ -z "$vpid" ]; then
-        "$V" --dir "$work/store" --no-progress create bench --size "$NBD_SIZE"
-        "$V" --dir "$work/store" serve --listen 127.0.0.1:10815 --socket "$work/nbd.sock" \
-          2>"$work/serve.log" &
-        vpid=$!
-        for _ in $(seq 100); do [ -S "$work/nbd.sock" ] && break; sleep 0.1; done
+        start_vdisk "$V" "$work/store" 10815 "$work/nbd.sock" "$work/serve.log"
+        vpid=$started
       fi ;;
     *) peers+=("$s") ;;
   esac
@@ -79,23 +100,34 @@ for s in $SERVERS; do
   fio --name=prefill "${common[@]}" --uri="$(uri_of "$s")" --rw=write --bs=1M \
       --iodepth="$SEQ_QD" --size="$NBD_SIZE" --output="$OUT/$s.prefill.json"
 done
+# Every image written back before the timed jobs: otherwise the writeback
+# of the prefills (NBD_SIZE per server) runs during the first repetition
+# and lands on whichever server is being measured then.
+sync
 for r in $(seq "$REPS"); do
-  echo "# repetition $r of $REPS"
-  for s in $SERVERS; do job "$s" "seq-read.$r" read 1M "$SEQ_QD"; done
-  for s in $SERVERS; do job "$s" "seq-write.$r" write 1M "$SEQ_QD"; done
-  for s in $SERVERS; do job "$s" "rand-read.$r" randread 4k "$QD"; done
-  for s in $SERVERS; do job "$s" "rand-write.$r" randwrite 4k "$QD"; done
+  echo "# repetition $r of $REPS (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+  for j in $JOBS; do
+    case "$j" in
+      seq-read) args=(read 1M "$SEQ_QD") ;;
+      seq-write) args=(write 1M "$SEQ_QD") ;;
+      rand-read) args=(randread 4k "$QD") ;;
+      rand-write) args=(randwrite 4k "$QD") ;;
+      *) echo "unknown job $j" >&2; exit 1 ;;
+    esac
+    for s in $SERVERS; do job "$s" "$j.$r" "${args[@]}"; done
+  done
 done
 
-python3 - "$OUT" $SERVERS <<'PY'
+python3 - "$OUT" "$JOBS" $SERVERS <<'PY'
 import glob, json, os, statistics, sys
-out, servers = sys.argv[1], sys.argv[2:]
+out, wanted, servers = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
 def load(p):
     t = open(p).read()
     j = json.loads(t[t.index('{'):])['jobs'][0]
     d = j['read'] if j['read']['io_bytes'] else j['write']
     return d['bw'] / 1024.0, d['iops']
 jobs = [('seq-read', 0, 'MiB/s'), ('seq-write', 0, 'MiB/s'), ('rand-read', 1, 'IOPS'), ('rand-write', 1, 'IOPS')]
+jobs = [j for j in jobs if j[0] in wanted]
 med = {}
 print(f"{'job':<11}" + ''.join(f"{s:>16}" for s in servers))
 for job, k, unit in jobs:
@@ -105,8 +137,8 @@ for job, k, unit in jobs:
         med[(job, s)] = statistics.median(vals)
         row.append(f"{med[(job, s)]:>10.0f} {unit:<5}")
     print(f"{job:<11}" + ''.join(row))
-for v in [s for s in servers if s.startswith('vdisk-')]:
+for v in [s for s in servers if s.startswith('vdisk')]:
     kind = v.split('-')[1]
-    for peer in [s for s in servers if not s.startswith('vdisk-') and s.endswith(kind)]:
+    for peer in [s for s in servers if s != v and s.endswith(kind)]:
         print(f"{v} / {peer}: " + '  '.join(f"{job} {med[(job, v)] / med[(job, peer)]:.2f}" for job, _, _ in jobs))
 PY
