@@ -136,7 +136,10 @@ impl Store {
     }
 
     /// Replaces pool `pool`'s metadata with `b`, after validating all of it
-    /// (nothing changes when anything is wrong). Data objects are untouched.
+    /// (nothing changes when anything is wrong). Data objects are untouched;
+    /// the pool's queue of data to trim is dropped (it belonged to the
+    /// metadata replaced), so nothing the restored metadata references is
+    /// released by a trimmer afterwards.
     pub fn meta_restore(&self, pool: &str, b: &MetaBackup) -> Result<()> {
         let bad = |m: String| Error::InvalidArgument(format!("metadata backup: {m}"));
         if b.format != FORMAT {
@@ -174,8 +177,21 @@ impl Store {
                 return Err(bad(format!("image {:?} has order {}", r.name, r.order)));
             }
         }
+        // The queue of data to trim was computed against the metadata being
+        // replaced: a snapshot removed after the backup was taken is back
+        // in the restored metadata, and its queued data must not be
+        // released under it. The queue goes (what it would have released is
+        // left; `vdisk check --repair` removes what no record references),
+        // with the trimmer stopped, so none of it is released meanwhile.
+        let _trim = self.hold_trimmer();
         let mut ops = Vec::new();
-        for table in [keys::IMAGES, keys::NAMES, keys::OBJECTS, keys::OBJMAP] {
+        for table in [
+            keys::IMAGES,
+            keys::NAMES,
+            keys::OBJECTS,
+            keys::OBJMAP,
+            keys::TRIM,
+        ] {
             for (key, _) in meta.scan(table, &keys::k1(p.id))? {
                 ops.push(MetaOp::Delete { table, key });
             }

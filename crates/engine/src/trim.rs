@@ -268,6 +268,9 @@ pub(crate) struct TrimSignal {
     cond: Condvar,
     /// One trimmer at a time.
     pub running: Mutex<()>,
+    /// Holds of the trimmer by operations of the engine itself
+    /// ([`TrimHold`]), apart from the operator's `paused`.
+    held: std::sync::atomic::AtomicUsize,
     /// Data operations released since the store was opened.
     released: AtomicU64,
 }
@@ -294,9 +297,24 @@ impl Store {
         self.shared.trim.notify();
     }
 
-    /// Whether [`Store::set_trim_paused`] holds the trimmer off.
+    /// Whether the trimmer is held off: by [`Store::set_trim_paused`], or
+    /// by an operation that must not run beside it (`meta restore`).
     pub fn trim_paused(&self) -> bool {
         self.shared.trim.paused.load(Ordering::SeqCst)
+            || self.shared.trim.held.load(Ordering::SeqCst) > 0
+    }
+
+    /// Stops the trimmer (a running one after its current data operation,
+    /// waited for) and keeps it stopped until the hold is dropped: while
+    /// held, no data queued for trimming is released.
+    pub(crate) fn hold_trimmer(&self) -> TrimHold<'_> {
+        let t = &self.shared.trim;
+        t.held.fetch_add(1, Ordering::SeqCst);
+        t.notify();
+        TrimHold {
+            signal: t,
+            _running: t.running.lock(),
+        }
     }
 
     /// A pacer that keeps trimming out of the foreground's way.
@@ -387,8 +405,8 @@ impl Store {
 
     /// Releases the data queued for one image, batch by batch (each synced,
     /// then deleted from the queue), pausing as `pacer` says; stops early
-    /// (returning what was done) when `stop` turns true. Returns the number
-    /// of data operations done.
+    /// when `stop` turns true, before the next data operation (a batch left
+    /// half done stays queued). Returns the number of data operations done.
     pub fn trim_image(
         &self,
         target: &TrimTarget,
@@ -435,7 +453,15 @@ impl Store {
             if let Some(data) = &data {
                 let name = |objno: u64, gen: u64| object_name(target.image_id, objno, gen);
                 let mut touched: Vec<String> = Vec::with_capacity(batch.ops());
+                // Stopped between two data operations, the batch stays
+                // queued: what it released is released again next time
+                // (idempotent), the rest then.
+                let mut stopped = false;
                 for &(objno, gen) in &batch.remove {
+                    if stop() {
+                        stopped = true;
+                        break;
+                    }
                     let start = Instant::now();
                     data.remove(&name(objno, gen))?;
                     touched.push(name(objno, gen));
@@ -445,6 +471,10 @@ impl Store {
                     pause(pacer.pause(start.elapsed()), stop);
                 }
                 for &(objno, gen, s, e) in &batch.punch {
+                    if stopped || stop() {
+                        stopped = true;
+                        break;
+                    }
                     let start = Instant::now();
                     data.punch(
                         &name(objno, gen),
@@ -462,6 +492,9 @@ impl Store {
                 touched.sort_unstable();
                 touched.dedup();
                 data.sync_objects(&touched)?;
+                if stopped {
+                    break;
+                }
             }
             meta.commit(vec![MetaOp::Delete {
                 table: keys::TRIM,
@@ -488,6 +521,19 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// [`Store::hold_trimmer`]'s guard.
+pub(crate) struct TrimHold<'a> {
+    signal: &'a TrimSignal,
+    _running: parking_lot::MutexGuard<'a, ()>,
+}
+
+impl Drop for TrimHold<'_> {
+    fn drop(&mut self) {
+        self.signal.held.fetch_sub(1, Ordering::SeqCst);
+        self.signal.notify();
     }
 }
 

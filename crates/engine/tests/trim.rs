@@ -233,3 +233,91 @@ fn snap_rm_does_not_wait_for_a_slow_backend_to_release_data() {
         "snap rm took {rm:?} for {queued} queued operations"
     );
 }
+
+/// A snapshot removed after a metadata backup is back after `meta
+/// restore`, and so must its data be: the trim queue its removal filled
+/// belonged to the metadata that was replaced, and the restore drops it,
+/// so no trimmer (here `check --repair`, which releases the queue)
+/// releases data the restored snapshot reads.
+#[test]
+fn meta_restore_drops_the_trim_queue_of_the_metadata_it_replaces() {
+    let (store, _meta, _data) = mem_store(ORDER);
+    store.set_background_trim(true);
+    let head = image_with_overwritten_snapshot(&store);
+    let backup = store.meta_backup("rbd").expect("backup");
+    store
+        .snap_remove(&spec("img@old"), &NoProgress)
+        .expect("snap rm");
+    assert!(store.trim_backlog().expect("backlog") > 0);
+    store.meta_restore("rbd", &backup).expect("restore");
+    assert_eq!(store.trim_backlog().expect("backlog"), 0);
+    assert!(!store.trim_paused(), "the restore's hold is released");
+    store.check(true).expect("check --repair");
+    let mut got = vec![0u8; 8 * OBJ];
+    let snap = store
+        .open(&spec("img@old"))
+        .expect("open restored snapshot");
+    snap.read_at(0, &mut got).expect("read");
+    assert!(got.iter().all(|b| *b == 0xAA), "restored snapshot's data");
+    let img = store.open(&spec("img")).expect("open");
+    img.read_at(0, &mut got).expect("read");
+    assert!(got == head, "head");
+    let rep = store.check(false).expect("check");
+    assert!(rep.errors.is_empty() && rep.warnings.is_empty(), "{rep:?}");
+}
+
+/// A pacer that waits the same time after every data operation.
+struct Slow(Duration);
+
+impl vdisk_engine::Pacer for Slow {
+    fn pause(&mut self, _took: Duration) -> Duration {
+        self.0
+    }
+}
+
+/// `meta restore` beside a running trimmer (the daemon's, which stops when
+/// `trim_paused()`): the restore stops it and waits for it, so nothing of
+/// the dropped queue is released after the restore returned.
+#[test]
+fn meta_restore_stops_a_running_trimmer_first() {
+    let (store, _meta, _data) = mem_store(ORDER);
+    store.set_background_trim(true);
+    image_with_overwritten_snapshot(&store);
+    let backup = store.meta_backup("rbd").expect("backup");
+    store
+        .snap_remove(&spec("img@old"), &NoProgress)
+        .expect("snap rm");
+    let targets = store.trim_targets().expect("targets");
+    assert_eq!(targets.len(), 1);
+    let total = targets[0].ops;
+    let before = store.trim_released();
+    std::thread::scope(|s| {
+        let trimmer = s.spawn(|| {
+            store
+                .trim_image(
+                    &targets[0],
+                    &mut Slow(Duration::from_millis(50)),
+                    &NoProgress,
+                    &|| store.trim_paused(),
+                )
+                .expect("trim")
+        });
+        let start = Instant::now();
+        while store.trim_released() == before {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "trimmer did not start"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        store.meta_restore("rbd", &backup).expect("restore");
+        let released = store.trim_released();
+        let done = trimmer.join().expect("trimmer thread");
+        assert!(done < total, "stopped early: {done} of {total}");
+        assert_eq!(store.trim_released(), released, "nothing after the restore");
+        assert_eq!(released - before, done);
+    });
+    assert_eq!(store.trim_backlog().expect("backlog"), 0);
+    assert!(!store.trim_paused());
+    assert!(store.open(&spec("img@old")).is_ok(), "the snapshot is back");
+}
