@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::object::ObjectMeta;
 use crate::objmap::CHUNK_OBJECTS;
 use crate::record::{self, keys, ImageRecord, Kind, ObjectRecord, PoolRecord, VersionRecord};
+use crate::schedule::{ScheduleRecord, MAX_EVERY, MIN_EVERY};
 use crate::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -27,6 +28,11 @@ pub struct MetaBackup {
     pub images: Vec<ImageRecord>,
     pub objects: Vec<ObjectEntry>,
     pub object_maps: Vec<MapEntry>,
+    /// The pool's snapshot schedules, with what they took (retention
+    /// removes only those). Absent in backups made before schedules were
+    /// included: restoring one of those leaves the schedules alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedules: Option<Vec<ScheduleRecord>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +131,14 @@ impl Store {
                 states: hex(&v),
             });
         }
+        let mut schedules = Vec::new();
+        for (_, v) in meta.scan(keys::SCHEDULES, &keys::k1(p.id))? {
+            schedules.push(record::decode::<ScheduleRecord>(
+                Kind::Schedule,
+                "schedule",
+                &v,
+            )?);
+        }
         Ok(MetaBackup {
             format: FORMAT.into(),
             version: VERSION,
@@ -132,6 +146,7 @@ impl Store {
             images,
             objects,
             object_maps,
+            schedules: Some(schedules),
         })
     }
 
@@ -251,6 +266,40 @@ impl Store {
                 key: keys::k4(p.id, m.image, m.snap, m.chunk),
                 value: states,
             });
+        }
+        if let Some(schedules) = &b.schedules {
+            for (key, _) in meta.scan(keys::SCHEDULES, &keys::k1(p.id))? {
+                ops.push(MetaOp::Delete {
+                    table: keys::SCHEDULES,
+                    key,
+                });
+            }
+            let mut seen = BTreeSet::new();
+            for r in schedules {
+                let what = format!(
+                    "the schedule of image id {:x} every {} s",
+                    r.image_id, r.every
+                );
+                if !ids.contains(&r.image_id) {
+                    return Err(bad(format!("{what} names no image of the backup")));
+                }
+                if !(MIN_EVERY..=MAX_EVERY).contains(&r.every) || r.keep == Some(0) {
+                    return Err(bad(format!(
+                        "{what} has an impossible interval or keep count"
+                    )));
+                }
+                if !seen.insert((r.image_id, r.every)) {
+                    return Err(bad(format!("{what} appears twice")));
+                }
+                let mut r = r.clone();
+                r.pool_id = p.id;
+                r.pool = p.name.clone();
+                ops.push(MetaOp::Put {
+                    table: keys::SCHEDULES,
+                    key: keys::k3(p.id, r.image_id, r.every),
+                    value: record::encode(Kind::Schedule, &r),
+                });
+            }
         }
         // Never hand out a restored image's id again.
         let max_id = ids.iter().max().copied().unwrap_or(0);

@@ -1108,3 +1108,47 @@ fn a_snapshot_being_read_is_not_removed_under_its_reader() {
     assert!(!img.clone().pinned().unwrap().is_snapshot());
     assert_clean(&store);
 }
+
+/// `meta backup` carries the pool's snapshot schedules, with the snapshots
+/// each took (retention removes only those), and `meta restore` puts them
+/// back; a backup without schedules (made before they were included)
+/// leaves them alone; a schedule naming no image of the backup is refused
+/// and nothing changes.
+#[test]
+fn meta_backup_and_restore_carry_snapshot_schedules() {
+    let (store, _, _) = mem_store(16);
+    drop(create(&store, "rbd/vm", MIB, 16));
+    let t0 = 1_800_000_000;
+    store
+        .schedule_add(&spec("rbd/vm"), 3600, Some(2), t0)
+        .unwrap();
+    let ran = store.schedule_run_due(t0 + 3600).unwrap();
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    let before = store.schedule_list(None).unwrap();
+    assert_eq!(before[0].snaps.len(), 1, "{before:?}");
+    let backup = store.meta_backup("rbd").unwrap();
+    assert_eq!(backup.schedules.as_ref().map(Vec::len), Some(1));
+    // Lost (as with a damaged database), then restored.
+    store.schedule_remove(&spec("rbd/vm"), None).unwrap();
+    assert!(store.schedule_list(None).unwrap().is_empty());
+    store.meta_restore("rbd", &backup).unwrap();
+    assert_eq!(store.schedule_list(None).unwrap(), before);
+    // The JSON round trip keeps them.
+    let json = serde_json::to_string(&backup).unwrap();
+    let back: vdisk_engine::backup::MetaBackup = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, backup);
+    // An older backup without the field leaves the schedules as they are.
+    let mut old = backup.clone();
+    old.schedules = None;
+    let json = serde_json::to_string(&old).unwrap();
+    assert!(!json.contains("schedules"), "{json}");
+    store.meta_restore("rbd", &old).unwrap();
+    assert_eq!(store.schedule_list(None).unwrap(), before);
+    // A schedule of an image the backup does not have: refused, unchanged.
+    let mut bad = backup.clone();
+    bad.schedules.as_mut().unwrap()[0].image_id = 0xdead;
+    store.schedule_remove(&spec("rbd/vm"), None).unwrap();
+    let e = store.meta_restore("rbd", &bad).unwrap_err();
+    assert!(e.to_string().contains("names no image"), "{e}");
+    assert!(store.schedule_list(None).unwrap().is_empty());
+}
