@@ -337,6 +337,7 @@ mod tests {
             Config {
                 default_features: features,
                 default_order: 16,
+                ..Default::default()
             },
         )
         .expect("open store")

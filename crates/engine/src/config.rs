@@ -18,13 +18,23 @@ use std::path::Path;
 pub struct Config {
     pub default_features: Features,
     pub default_order: u8,
+    /// How many objects' metadata an open image keeps in memory once
+    /// flushed (not read from `vdisk.toml`; tests make it tiny to exercise
+    /// eviction). Dirty objects and objects in use are never evicted, so
+    /// the cache can exceed it between flushes.
+    pub object_cache: usize,
 }
+
+/// [`Config::object_cache`]'s default: 65 536 objects (256 GiB of an image
+/// at 4 MiB objects), a few tens of MiB of bitmaps.
+pub const OBJECT_CACHE: usize = 1 << 16;
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             default_features: Features::DEFAULT,
             default_order: 22,
+            object_cache: OBJECT_CACHE,
         }
     }
 }

@@ -143,6 +143,9 @@ pub(crate) struct ImageState {
     pub gate: RwLock<()>,
     flush_lock: Mutex<()>,
     cache: Vec<Mutex<HashMap<u64, Cell>>>,
+    /// Objects cached past which a flush evicts clean ones
+    /// ([`ImageState::evict_clean`]).
+    cache_limit: usize,
     dirty: Mutex<BTreeSet<u64>>,
     head_map: Mutex<ObjectMap>,
     pending_removes: Mutex<Vec<(u64, u64)>>,
@@ -196,6 +199,9 @@ impl ImageState {
             ObjectMap::new()
         };
         let io = shared.upgrade().map(|s| s.io.clone()).unwrap_or_default();
+        let cache_limit = shared
+            .upgrade()
+            .map_or(crate::config::OBJECT_CACHE, |s| s.config.object_cache);
         Ok(ImageState {
             id: rec.id,
             pool,
@@ -209,6 +215,7 @@ impl ImageState {
             gate: RwLock::new(()),
             flush_lock: Mutex::new(()),
             cache: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            cache_limit,
             dirty: Mutex::new(BTreeSet::new()),
             head_map: Mutex::new(head_map),
             pending_removes: Mutex::new(Vec::new()),
@@ -956,7 +963,50 @@ impl ImageState {
                 .extend(snap_states.iter().map(|(o, _)| *o));
             return Err(e);
         }
-        self.release_pending(&dirty, removes, punches)
+        self.release_pending(&dirty, removes, punches)?;
+        self.evict_clean();
+        Ok(())
+    }
+
+    /// Drops cached object states beyond [`Config::object_cache`] that the
+    /// metadata store holds exactly: called at the end of a successful
+    /// flush, under the flush lock (a flush reads dirty states from the
+    /// cache, so none may go while one runs). Kept: dirty objects, objects
+    /// with queued removals, punches or copy-ups (their release re-checks
+    /// the cached state), and cells someone holds (a writer between
+    /// `cell()` and marking the object dirty). Evicted objects are loaded
+    /// again on their next use, as after a restart.
+    ///
+    /// [`Config::object_cache`]: crate::Config::object_cache
+    fn evict_clean(&self) {
+        let cached: usize = self.cache.iter().map(|s| s.lock().len()).sum();
+        if cached <= self.cache_limit {
+            return;
+        }
+        let mut excess = cached - self.cache_limit;
+        let mut busy: BTreeSet<u64> = self.copied_up.lock().clone();
+        busy.extend(self.pending_removes.lock().iter().map(|(o, _)| *o));
+        busy.extend(self.pending_punches.lock().iter().map(|(o, _, _)| *o));
+        for shard in &self.cache {
+            if excess == 0 {
+                break;
+            }
+            let mut shard = shard.lock();
+            // Under the shard lock no new holder can appear (`cell()` clones
+            // under it); a writer marks its object dirty before dropping its
+            // clone, so "not dirty and not held" is stable here.
+            let dirty = self.dirty.lock();
+            shard.retain(|objno, cell| {
+                let keep = excess == 0
+                    || dirty.contains(objno)
+                    || busy.contains(objno)
+                    || Arc::strong_count(cell) > 1;
+                if !keep {
+                    excess -= 1;
+                }
+                keep
+            });
+        }
     }
 
     /// Object-map updates of every snapshot for objects copied up: a copy-up
@@ -1375,6 +1425,12 @@ impl Image {
 
     pub fn is_snapshot(&self) -> bool {
         self.snap.is_some()
+    }
+
+    /// How many objects' metadata the image holds in memory now (bounded
+    /// after each flush by [`crate::Config::object_cache`]).
+    pub fn cached_objects(&self) -> usize {
+        self.st.cache.iter().map(|s| s.lock().len()).sum()
     }
 
     /// This handle, pinning its snapshot (heads are returned as they are):

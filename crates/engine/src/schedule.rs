@@ -804,6 +804,7 @@ mod tests {
             Config {
                 default_features: Features::DEFAULT,
                 default_order: 16,
+                ..Default::default()
             },
         )
         .expect("open store")

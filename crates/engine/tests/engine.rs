@@ -1152,3 +1152,48 @@ fn meta_backup_and_restore_carry_snapshot_schedules() {
     assert!(e.to_string().contains("names no image"), "{e}");
     assert!(store.schedule_list(None).unwrap().is_empty());
 }
+
+/// The object-metadata cache is bounded after every flush
+/// (`Config::object_cache`, 2 in these tests): objects evicted come back
+/// from the metadata store on their next use, with the same contents for
+/// the head and its snapshots, and `check` finds nothing wrong.
+#[test]
+fn object_cache_is_bounded_after_a_flush_and_evicted_objects_read_back() {
+    let (store, _, _) = mem_store(16);
+    let objects = 64usize;
+    let obj = 1usize << 16;
+    let img = create(&store, "rbd/vm", (objects * obj) as u64, 16);
+    let v1 = bytes(1, objects * obj);
+    img.write_at(0, &v1).unwrap();
+    assert!(img.cached_objects() >= objects);
+    img.flush().unwrap();
+    assert!(img.cached_objects() <= 2, "{}", img.cached_objects());
+    store.snap_create(&spec("rbd/vm@s1")).unwrap();
+    // Overwrite every other object, partly: copy-on-write of evicted ones.
+    let mut v2 = v1.clone();
+    for o in (0..objects).step_by(2) {
+        let at = o * obj + 4096;
+        let new = bytes(o as u64 + 100, 8192);
+        img.write_at(at as u64, &new).unwrap();
+        v2[at..at + 8192].copy_from_slice(&new);
+    }
+    img.flush().unwrap();
+    assert!(img.cached_objects() <= 2, "{}", img.cached_objects());
+    let mut got = vec![0u8; objects * obj];
+    img.read_at(0, &mut got).unwrap();
+    assert_bytes_eq(&got, &v2, "head");
+    let snap = store.open(&spec("rbd/vm@s1")).unwrap();
+    snap.read_at(0, &mut got).unwrap();
+    assert_bytes_eq(&got, &v1, "snapshot");
+    // Discards of evicted objects, then the snapshot goes (reclaim loads
+    // every object again, the flush at its end evicts them).
+    img.discard(0, (objects * obj / 2) as u64).unwrap();
+    v2[..objects * obj / 2].fill(0);
+    drop(snap);
+    store.snap_remove(&spec("rbd/vm@s1"), &NoProgress).unwrap();
+    assert!(img.cached_objects() <= 2, "{}", img.cached_objects());
+    img.read_at(0, &mut got).unwrap();
+    assert_bytes_eq(&got, &v2, "head after snap rm");
+    let rep = store.check(false).unwrap();
+    assert!(rep.errors.is_empty(), "{rep:?}");
+}

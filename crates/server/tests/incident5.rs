@@ -153,6 +153,7 @@ fn snapshot_rotation_with_trimming_does_not_hurt_the_writer() {
         vdisk_engine::Config {
             default_features: vdisk_engine::Features::DEFAULT,
             default_order: 20,
+            ..Default::default()
         },
     )
     .expect("store");

@@ -22,11 +22,15 @@ pub fn scaled(short: usize, long: usize) -> usize {
     }
 }
 
-/// A config with small objects (`2^order` bytes) and the default features.
+/// A config with small objects (`2^order` bytes), the default features and
+/// an object cache of 2.
 pub fn config(order: u8) -> Config {
     Config {
         default_features: Features::DEFAULT,
         default_order: order,
+        // Tiny: every flush evicts what it may, so every test also checks
+        // that evicted objects come back right from the metadata store.
+        object_cache: 2,
     }
 }
 
