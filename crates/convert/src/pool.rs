@@ -111,14 +111,9 @@ impl Dest for PoolDest {
         Some("write-zeroes (metadata)")
     }
     fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
-        if self.durable {
-            // A copy writes each range once and flushes at the end: start
-            // the writeback now, so the flush has less to wait for.
-            Ok(self.image.write_streaming(offset, data)?)
-        } else {
-            // Nothing waits for the disk: leave the writeback to the kernel.
-            Ok(self.image.write_at(offset, data)?)
-        }
+        // A copy writes each range once and flushes at the end: the engine
+        // starts the writeback now (unless the image is marked unsynced).
+        Ok(self.image.write_streaming(offset, data)?)
     }
     fn zero_fast(&self, offset: u64, len: u64) -> Result<()> {
         Ok(self.image.write_zeroes(offset, len)?)

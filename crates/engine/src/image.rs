@@ -33,7 +33,12 @@ type Cell = Arc<RwLock<ObjectMeta>>;
 
 /// Name of the data object holding generation `gen` of object `objno`.
 pub fn object_name(image: u64, objno: u64, gen: u64) -> String {
-    format!("{image:08x}/{objno:012x}.{gen:x}")
+    format!("{}{objno:012x}.{gen:x}", object_prefix(image))
+}
+
+/// The prefix every data object of `image` has (rbd's `block_name_prefix`).
+pub fn object_prefix(image: u64) -> String {
+    format!("{image:08x}/")
 }
 
 /// True when every byte is zero. OR-folds 64-byte chunks, which the
@@ -161,9 +166,12 @@ pub(crate) struct ImageState {
     /// other's check and commit.
     pub(crate) snap_readers: Mutex<HashMap<u64, usize>>,
     parent: Mutex<Option<ParentHandle>>,
-    /// Set by a `--no-sync` copy's commit ([`Image::flush_unsynced`]),
-    /// cleared by the next flush that syncs: the end-of-command
-    /// [`crate::Store::flush_all`] leaves such an image alone while it has
+    /// Set when a `--no-sync` copy marks the image
+    /// ([`crate::Store::mark_unsynced`]) and by its commit
+    /// ([`Image::flush_unsynced`]), cleared by the next flush that syncs:
+    /// meanwhile [`Image::write_streaming`] starts no writeback (nothing
+    /// waits for the disk), and the end-of-command
+    /// [`crate::Store::flush_all`] leaves the image alone while it has
     /// nothing new to commit, instead of syncing what the copy skipped.
     pub(crate) unsynced: AtomicBool,
 }
@@ -1504,11 +1512,14 @@ impl Image {
     /// the data is not expected to change before the final
     /// [`Image::flush`], so its writeback to the disk starts at once and
     /// overlaps the rest of the copy instead of all waiting in the flush.
-    /// Durability is unchanged: only the flush makes the data durable.
+    /// Durability is unchanged: only the flush makes the data durable. An
+    /// image a `--no-sync` copy marked is written as by `write_at`: its
+    /// writeback is left to the kernel.
     pub fn write_streaming(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.writable()?;
         let start = std::time::Instant::now();
-        let r = self.st.write(offset, data, true);
+        let stream = !self.st.unsynced.load(Ordering::SeqCst);
+        let r = self.st.write(offset, data, stream);
         self.st.io.record(start);
         r
     }

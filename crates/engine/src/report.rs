@@ -142,7 +142,7 @@ impl Store {
             pool: pool.to_string(),
             name: rec.name.clone(),
             id: format!("{:x}", rec.id),
-            block_name_prefix: format!("{:08x}/", rec.id),
+            block_name_prefix: crate::image::object_prefix(rec.id),
             size,
             objects: size.div_ceil(obj),
             order: rec.order,

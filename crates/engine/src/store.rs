@@ -590,7 +590,7 @@ impl Store {
         // Data goes after the metadata: a crash in between leaves orphan
         // objects that `check --repair` removes, never a record without data.
         let data = self.shared.pool_data(&pool)?;
-        for name in data.list(&format!("{id:08x}/"))? {
+        for name in data.list(&crate::image::object_prefix(id))? {
             data.remove(&name)?;
         }
         data.sync()?;

@@ -65,6 +65,7 @@ impl Store {
             key: keys::k2(st.pool.id, st.id),
             value: boot.into_bytes(),
         }])?;
+        st.unsynced.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
@@ -97,7 +98,7 @@ impl Store {
             }
             let pool = self.shared.pool_by_id(pool_id)?;
             let data = self.shared.pool_data(&pool)?;
-            let names = data.list(&format!("{image_id:08x}/"))?;
+            let names = data.list(&crate::image::object_prefix(image_id))?;
             data.sync_objects(&names)?;
             self.meta_store().commit(vec![MetaOp::Delete {
                 table: keys::UNSYNCED,
@@ -109,16 +110,16 @@ impl Store {
 
     /// `POOL/IMAGE` of an image id (or the ids, when its records are gone).
     fn describe_image(&self, pool_id: u64, image_id: u64) -> String {
-        let name = |table| -> Option<String> {
+        let name = || -> Option<String> {
             let pool = self.shared.pool_by_id(pool_id).ok()?;
             let bytes = self
                 .meta_store()
-                .get(table, &keys::k2(pool_id, image_id))
+                .get(keys::IMAGES, &keys::k2(pool_id, image_id))
                 .ok()??;
             let rec: ImageRecord = record::decode(Kind::Image, "image", &bytes).ok()?;
             Some(format!("{}/{}", pool.name, rec.name))
         };
-        name(keys::IMAGES).unwrap_or_else(|| format!("image id {image_id} of pool id {pool_id}"))
+        name().unwrap_or_else(|| format!("image id {image_id} of pool id {pool_id}"))
     }
 
     /// Refuses an image marked in another boot.
