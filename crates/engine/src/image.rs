@@ -22,7 +22,7 @@ use crate::spec::ImageSpec;
 use crate::store::Shared;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use vdisk_storage::{MetaOp, MetaStore, ObjectStore};
@@ -146,6 +146,8 @@ pub(crate) struct ImageState {
     params: RwLock<Arc<IoParams>>,
     rec_dirty: AtomicBool,
     pub gate: RwLock<()>,
+    /// Barriers taken or waited for (see [`Image::barrier_pending`]).
+    barriers: AtomicUsize,
     flush_lock: Mutex<()>,
     cache: Vec<Mutex<HashMap<u64, Cell>>>,
     /// Objects cached past which a flush evicts clean ones
@@ -221,6 +223,7 @@ impl ImageState {
             params: RwLock::new(params),
             rec_dirty: AtomicBool::new(false),
             gate: RwLock::new(()),
+            barriers: AtomicUsize::new(0),
             flush_lock: Mutex::new(()),
             cache: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             cache_limit,
@@ -1106,16 +1109,22 @@ impl ImageState {
 
     /// Takes the I/O barrier: waits for in-flight head I/O to finish and
     /// holds off new I/O until the guard drops.
-    pub(crate) fn barrier(
-        &self,
-        timeout: Duration,
-    ) -> Result<parking_lot::RwLockWriteGuard<'_, ()>> {
-        self.gate
-            .try_write_for(timeout)
-            .ok_or_else(|| Error::DrainTimeout {
-                spec: self.spec(),
-                secs: timeout.as_secs(),
-            })
+    pub(crate) fn barrier(&self, timeout: Duration) -> Result<Barrier<'_>> {
+        // Counted from before the wait: head I/O starting now waits too.
+        self.barriers.fetch_add(1, Ordering::SeqCst);
+        match self.gate.try_write_for(timeout) {
+            Some(guard) => Ok(Barrier {
+                _guard: guard,
+                count: &self.barriers,
+            }),
+            None => {
+                self.barriers.fetch_sub(1, Ordering::SeqCst);
+                Err(Error::DrainTimeout {
+                    spec: self.spec(),
+                    secs: timeout.as_secs(),
+                })
+            }
+        }
     }
 
     /// Commits a new record (plus `extra` ops) after flushing; the caller
@@ -1411,7 +1420,28 @@ impl std::fmt::Debug for Image {
     }
 }
 
+/// The I/O barrier held (see [`ImageState::barrier`]); head I/O resumes
+/// when it drops.
+pub(crate) struct Barrier<'a> {
+    _guard: parking_lot::RwLockWriteGuard<'a, ()>,
+    count: &'a AtomicUsize,
+}
+
+impl Drop for Barrier<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Image {
+    /// Whether a barrier (snapshot create, rollback, resize, reclaim) is
+    /// held or being waited for: head I/O started now would wait for it.
+    /// A hint, stale as soon as it is read; the NBD server uses it to keep
+    /// such I/O off threads that must not block.
+    pub fn barrier_pending(&self) -> bool {
+        self.st.barriers.load(Ordering::Relaxed) > 0
+    }
+
     /// What this handle reads: `pool/image` or `pool/image@snap`.
     pub fn spec(&self) -> &ImageSpec {
         &self.spec

@@ -1197,3 +1197,44 @@ fn object_cache_is_bounded_after_a_flush_and_evicted_objects_read_back() {
     let rep = store.check(false).unwrap();
     assert!(rep.errors.is_empty(), "{rep:?}");
 }
+
+/// `Image::barrier_pending` (the NBD server keeps I/O off its runtime
+/// threads while it is true) is true from when a snapshot starts waiting
+/// for in-flight writes until it is taken, and false otherwise.
+#[test]
+fn barrier_pending_while_a_snapshot_drains_and_not_after() {
+    let meta = MemMetaStore::new();
+    let faulty = Arc::new(FaultyObjectStore::new(
+        Arc::new(MemObjectStore::new()),
+        FaultConfig::default(),
+    ));
+    let store = open_store(&meta, faulty.clone(), 20);
+    let img = create(&store, "rbd/b", 8 * MIB, 20);
+    img.write_at(0, &bytes(1, 4096)).unwrap();
+    img.flush().unwrap();
+    assert!(!img.barrier_pending());
+
+    // A write held up in the object store keeps the barrier waiting.
+    faulty.set(FaultConfig {
+        delay: Some(Duration::from_millis(300)),
+        ..FaultConfig::default()
+    });
+    let writer = {
+        let img = img.clone();
+        std::thread::spawn(move || img.write_at(4096, &bytes(2, 4096)))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let snap = {
+        let store = store.clone();
+        std::thread::spawn(move || store.snap_create(&spec("rbd/b@s")))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !img.barrier_pending() {
+        assert!(Instant::now() < deadline, "barrier never reported pending");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    writer.join().unwrap().unwrap();
+    snap.join().unwrap().unwrap();
+    faulty.set(FaultConfig::default());
+    assert!(!img.barrier_pending(), "still pending after the snapshot");
+}

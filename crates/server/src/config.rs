@@ -68,6 +68,10 @@ pub struct Limits {
     /// At shutdown, time given to in-flight requests to complete before
     /// connections are closed regardless.
     pub drain_timeout: Duration,
+    /// Quick requests (cached reads and writes up to 64 KiB) run on their
+    /// connection's reader thread instead of an engine worker (see
+    /// `transmission::Inline`).
+    pub inline: bool,
 }
 
 impl Default for Limits {
@@ -79,6 +83,7 @@ impl Default for Limits {
             max_in_flight_bytes: 64 << 20,
             handshake_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            inline: true,
         }
     }
 }

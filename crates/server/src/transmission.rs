@@ -3,6 +3,7 @@
 //! ```text
 //!  socket ─► reader task: parses every request its buffer holds; validates,
 //!                │        takes permits, reads WRITE payloads
+//!                ├─► quick and cached (`Inline`): the reader runs it itself
 //!                ▼ pool::workers(): one queue, engine threads shared by all connections
 //!            worker: engine call → complete reply, built in a reused buffer
 //!                │
@@ -226,9 +227,10 @@ where
     // that may wait: their permits must not be held by requests not
     // queued yet.
     let mut parsed: Vec<pool::Job> = Vec::new();
+    let mut inline = Inline::new(limits.inline, session.image.clone());
     let end = loop {
         if input.buffered() < REQUEST_HEADER_LEN || parsed.len() >= SUBMIT_BATCH {
-            pool::workers().submit(&mut parsed);
+            inline.dispatch(&mut parsed);
         }
         let header = match input.header(&mut stop).await {
             Ok(header) => header,
@@ -254,7 +256,7 @@ where
             debug!(command = ?req.command, offset = req.offset, length = req.length, %errno, "request refused");
             // The payload of a refused WRITE is on the wire all the same.
             if input.buffered() < req.payload_len() as usize {
-                pool::workers().submit(&mut parsed);
+                inline.dispatch(&mut parsed);
             }
             if let Err(e) = input.discard(req.payload_len()).await {
                 break End::from_read(e);
@@ -272,7 +274,7 @@ where
         let permits = match try_acquire(&slots, &budget, buffer) {
             Ok(Some(permits)) => permits,
             Ok(None) => {
-                pool::workers().submit(&mut parsed);
+                inline.dispatch(&mut parsed);
                 match acquire(&slots, &budget, buffer, &mut stop).await {
                     Ok(permits) => permits,
                     Err(end) => break end,
@@ -283,7 +285,7 @@ where
         let (mut payload, mut payload_at) = (Vec::new(), 0);
         if req.command == Command::Write {
             if input.buffered() < req.length as usize {
-                pool::workers().submit(&mut parsed);
+                inline.dispatch(&mut parsed);
             }
             // At an aligned address: it is copied to the page cache.
             let len = req.length as usize;
@@ -298,11 +300,14 @@ where
         let quick =
             matches!(req.command, Command::Read | Command::Write) && req.length <= QUICK_MAX;
         sink.expect(quick);
+        // A FUA write ends with a flush: never on the reader's thread.
+        let cached = quick && !req.flags.contains(CommandFlags::FUA);
         let (session, sink) = (session.clone(), sink.clone());
         parsed.push(pool::Job {
             key: Arc::as_ptr(&sink) as *const () as usize,
             bytes: buffer,
             quick,
+            cached,
             run: Box::new(move |more| {
                 let job = Accepted {
                     req,
@@ -316,7 +321,7 @@ where
             }),
         });
     };
-    pool::workers().submit(&mut parsed);
+    inline.dispatch(&mut parsed);
 
     // Requests already started complete and their replies are sent: the
     // writer ends once the last one is.
@@ -334,6 +339,85 @@ where
         end,
         requests: session.requests.load(Ordering::Relaxed),
         failed: session.failed.load(Ordering::Relaxed),
+    }
+}
+
+/// Runs a connection's quick requests on its reader's own thread, as
+/// nbdkit's threads do, instead of handing each to a pool worker: for a
+/// cached 4 KiB read the hand-off (a queue push, often a wake-up, a
+/// context switch) cost as much as the engine call. Requests that may
+/// wait for a disk go to the pool, so one slow request does not hold up
+/// the connection's others; a request run here that turned out slow (a
+/// cache miss, dirty-page throttling) sends the connection's next
+/// [`INLINE_BACKOFF`] requests to the pool before it tries again.
+struct Inline {
+    enabled: bool,
+    image: Image,
+    /// Requests still to send to the pool after a slow one ran here.
+    backoff: u32,
+    /// Reused: the jobs of one dispatch to run here, and for the pool.
+    here: Vec<pool::Job>,
+    queued: Vec<pool::Job>,
+}
+
+/// A request run on the reader's thread that took this long was not
+/// served from the page cache.
+const INLINE_SLOW: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Requests sent to the pool after one run here was slow.
+const INLINE_BACKOFF: u32 = 256;
+
+impl Inline {
+    fn new(enabled: bool, image: Image) -> Self {
+        Self {
+            enabled,
+            image,
+            backoff: 0,
+            here: Vec::new(),
+            queued: Vec::new(),
+        }
+    }
+
+    /// Runs or queues `jobs` (leaving the vector empty). The pool's share
+    /// is queued first, so it starts while the reader runs the rest.
+    fn dispatch(&mut self, jobs: &mut Vec<pool::Job>) {
+        // Not while a snapshot or resize holds (or waits for) the image's
+        // I/O either: that wait would hold up every connection this
+        // runtime thread serves.
+        if !self.enabled || self.image.barrier_pending() {
+            pool::workers().submit(jobs);
+            return;
+        }
+        for job in jobs.drain(..) {
+            if job.cached && self.backoff == 0 {
+                self.here.push(job);
+            } else {
+                self.backoff = self.backoff.saturating_sub(u32::from(job.cached));
+                self.queued.push(job);
+            }
+        }
+        pool::workers().submit(&mut self.queued);
+        let mut here = std::mem::take(&mut self.here);
+        let mut jobs = here.drain(..).peekable();
+        while let Some(job) = jobs.next() {
+            if self.backoff > 0 {
+                // One before it was slow: the rest go to the pool.
+                self.queued.push(job);
+                continue;
+            }
+            // Its reply may wait for the next one's, which runs right
+            // after it (here, or on the pool if this one is slow).
+            let more = jobs.peek().is_some();
+            let start = Instant::now();
+            // `run` answers the client even if the engine panics.
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(more)));
+            if start.elapsed() >= INLINE_SLOW {
+                self.backoff = INLINE_BACKOFF;
+            }
+        }
+        drop(jobs);
+        self.here = here;
+        pool::workers().submit(&mut self.queued);
     }
 }
 

@@ -12,5 +12,7 @@ mod raw;
 mod clients;
 #[path = "server/hostile.rs"]
 mod hostile;
+#[path = "server/inline.rs"]
+mod inline;
 #[path = "server/lifecycle.rs"]
 mod lifecycle;
