@@ -402,6 +402,7 @@ impl Inline {
         while let Some(job) = jobs.next() {
             if self.backoff > 0 {
                 // One before it was slow: the rest go to the pool.
+                self.backoff -= 1;
                 self.queued.push(job);
                 continue;
             }
@@ -952,5 +953,150 @@ fn block_status(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Built {
             s.failed.fetch_add(1, Ordering::Relaxed);
             Built::failed(failure(s, req, Errno::Io, "internal error", out))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::thread::ThreadId;
+    use vdisk_engine::{CreateOptions, ImageSpec, SingleDataBackend, Store};
+    use vdisk_storage::{MemMetaStore, MemObjectStore};
+
+    fn image() -> Image {
+        image_on(Arc::new(MemObjectStore::new())).1
+    }
+
+    fn image_on(data: Arc<dyn vdisk_storage::ObjectStore>) -> (Store, Image) {
+        let store = Store::open_with(
+            Arc::new(MemMetaStore::new()),
+            Box::new(SingleDataBackend(data)),
+            vdisk_engine::Config::default(),
+        )
+        .expect("store");
+        let image = store
+            .create(
+                &ImageSpec::parse("rbd/i").expect("spec"),
+                &CreateOptions {
+                    size: 1 << 20,
+                    order: None,
+                    features: None,
+                },
+            )
+            .expect("create");
+        (store, image)
+    }
+
+    /// Jobs that record the thread they ran on, and how long they took.
+    fn jobs(cached: &[bool], ran: &Arc<Mutex<Vec<(usize, ThreadId)>>>) -> Vec<pool::Job> {
+        cached
+            .iter()
+            .enumerate()
+            .map(|(i, &cached)| {
+                let ran = ran.clone();
+                pool::Job {
+                    key: 1,
+                    bytes: 0,
+                    quick: cached,
+                    cached,
+                    run: Box::new(move |_| {
+                        ran.lock().unwrap().push((i, std::thread::current().id()));
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    fn run_all(inline: &mut Inline, cached: &[bool]) -> Vec<(usize, ThreadId)> {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        inline.dispatch(&mut jobs(cached, &ran));
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while ran.lock().unwrap().len() < cached.len() {
+            assert!(Instant::now() < deadline, "jobs never ran");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut ran = ran.lock().unwrap().clone();
+        ran.sort_by_key(|r| r.0);
+        ran
+    }
+
+    #[test]
+    fn cached_jobs_run_on_the_reader_the_rest_on_the_pool() {
+        let me = std::thread::current().id();
+        let mut inline = Inline::new(true, image());
+        let ran = run_all(&mut inline, &[true, false, true, true, false]);
+        for (i, thread) in ran {
+            let cached = matches!(i, 0 | 2 | 3);
+            assert_eq!(thread == me, cached, "job {i} ran on the wrong thread");
+        }
+    }
+
+    #[test]
+    fn off_everything_goes_to_the_pool() {
+        let me = std::thread::current().id();
+        let mut inline = Inline::new(false, image());
+        for (i, thread) in run_all(&mut inline, &[true, true, false]) {
+            assert_ne!(thread, me, "job {i} ran on the reader");
+        }
+    }
+
+    #[test]
+    fn after_a_slow_job_the_next_ones_go_to_the_pool() {
+        let me = std::thread::current().id();
+        let mut inline = Inline::new(true, image());
+        let slow = Arc::new(Mutex::new(Vec::new()));
+        let mut batch = jobs(&[true, true], &slow);
+        batch[0].run = Box::new(|_| std::thread::sleep(INLINE_SLOW * 2));
+        inline.dispatch(&mut batch);
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while slow.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "job never ran");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_ne!(slow.lock().unwrap()[0].1, me, "ran here after a slow one");
+        let ran = run_all(&mut inline, &[true; 4]);
+        assert!(ran.iter().all(|&(_, t)| t != me), "backoff ignored");
+        assert_eq!(inline.backoff, INLINE_BACKOFF - 5);
+    }
+
+    #[test]
+    fn nothing_runs_on_the_reader_while_a_barrier_is_pending() {
+        use vdisk_storage::{FaultConfig, FaultyObjectStore};
+        let me = std::thread::current().id();
+        let faulty = Arc::new(FaultyObjectStore::new(
+            Arc::new(MemObjectStore::new()),
+            FaultConfig::default(),
+        ));
+        let (store, img) = image_on(faulty.clone());
+        img.write_at(0, &[1; 4096]).expect("write");
+        // A write held up in the object store keeps a snapshot waiting.
+        faulty.set(FaultConfig {
+            delay: Some(std::time::Duration::from_millis(500)),
+            ..FaultConfig::default()
+        });
+        let writer = {
+            let img = img.clone();
+            std::thread::spawn(move || img.write_at(4096, &[2; 4096]))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let snap = std::thread::spawn(move || {
+            store.snap_create(&ImageSpec::parse("rbd/i@s").expect("spec"))
+        });
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !img.barrier_pending() {
+            assert!(Instant::now() < deadline, "barrier never pending");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut inline = Inline::new(true, img.clone());
+        for (i, thread) in run_all(&mut inline, &[true, true]) {
+            assert_ne!(thread, me, "job {i} ran on the reader during a barrier");
+        }
+        writer.join().expect("writer").expect("write");
+        snap.join().expect("snapshot").expect("snap create");
+        faulty.set(FaultConfig::default());
+        assert!(!img.barrier_pending());
+        let ran = run_all(&mut inline, &[true]);
+        assert_eq!(ran[0].1, me, "not back on the reader after the barrier");
     }
 }
