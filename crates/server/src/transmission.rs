@@ -32,7 +32,7 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{watch, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
@@ -362,7 +362,7 @@ struct Inline {
 
 /// A request run on the reader's thread that took this long was not
 /// served from the page cache.
-const INLINE_SLOW: std::time::Duration = std::time::Duration::from_micros(200);
+const INLINE_SLOW: Duration = Duration::from_micros(200);
 
 /// Requests sent to the pool after one run here was slow.
 const INLINE_BACKOFF: u32 = 256;
@@ -1011,10 +1011,10 @@ mod tests {
     fn run_all(inline: &mut Inline, cached: &[bool]) -> Vec<(usize, ThreadId)> {
         let ran = Arc::new(Mutex::new(Vec::new()));
         inline.dispatch(&mut jobs(cached, &ran));
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while ran.lock().unwrap().len() < cached.len() {
             assert!(Instant::now() < deadline, "jobs never ran");
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            std::thread::sleep(Duration::from_millis(1));
         }
         let mut ran = ran.lock().unwrap().clone();
         ran.sort_by_key(|r| r.0);
@@ -1049,10 +1049,10 @@ mod tests {
         let mut batch = jobs(&[true, true], &slow);
         batch[0].run = Box::new(|_| std::thread::sleep(INLINE_SLOW * 2));
         inline.dispatch(&mut batch);
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while slow.lock().unwrap().is_empty() {
             assert!(Instant::now() < deadline, "job never ran");
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            std::thread::sleep(Duration::from_millis(1));
         }
         assert_ne!(slow.lock().unwrap()[0].1, me, "ran here after a slow one");
         let ran = run_all(&mut inline, &[true; 4]);
@@ -1072,21 +1072,21 @@ mod tests {
         img.write_at(0, &[1; 4096]).expect("write");
         // A write held up in the object store keeps a snapshot waiting.
         faulty.set(FaultConfig {
-            delay: Some(std::time::Duration::from_millis(500)),
+            delay: Some(Duration::from_millis(500)),
             ..FaultConfig::default()
         });
         let writer = {
             let img = img.clone();
             std::thread::spawn(move || img.write_at(4096, &[2; 4096]))
         };
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
         let snap = std::thread::spawn(move || {
             store.snap_create(&ImageSpec::parse("rbd/i@s").expect("spec"))
         });
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while !img.barrier_pending() {
             assert!(Instant::now() < deadline, "barrier never pending");
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            std::thread::sleep(Duration::from_millis(1));
         }
         let mut inline = Inline::new(true, img.clone());
         for (i, thread) in run_all(&mut inline, &[true, true]) {
