@@ -467,7 +467,7 @@ static COLD_FILL_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicB
 /// leaves the read to `pread`.
 fn fill_cold_windows(file: &File, offset: u64, len: u64) {
     use std::sync::atomic::Ordering;
-    if COLD_FILL_OFF.load(Ordering::Relaxed) {
+    if COLD_FILL_OFF.load(Ordering::Relaxed) || !small_pages() {
         return;
     }
     let first = offset / WINDOW * WINDOW;
@@ -491,6 +491,16 @@ fn fill_cold_windows(file: &File, offset: u64, len: u64) {
         }
         w += WINDOW;
     }
+}
+
+/// The system's pages are 4 KiB, which the window and page counts above
+/// assume (a 2 MiB folio is the PMD size only then).
+#[allow(unsafe_code)]
+fn small_pages() -> bool {
+    static SMALL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: sysconf reads a constant and returns a number; no memory of
+    // ours is involved. std does not expose the page size.
+    *SMALL.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) } == 4096)
 }
 
 /// Pages of `[offset, offset + len)` of `file` in the page cache, or `None`
