@@ -68,9 +68,9 @@ pub struct Limits {
     /// At shutdown, time given to in-flight requests to complete before
     /// connections are closed regardless.
     pub drain_timeout: Duration,
-    /// Quick requests (cached reads and writes up to 64 KiB) run on their
-    /// connection's reader thread instead of an engine worker (see
-    /// `transmission::Inline`).
+    /// Quick requests (reads and writes up to 64 KiB) and non-FUA writes
+    /// up to 4 MiB run on their connection's reader thread instead of an
+    /// engine worker (see `transmission::Inline`).
     pub inline: bool,
 }
 

@@ -3,7 +3,7 @@
 //! ```text
 //!  socket ─► reader task: parses every request its buffer holds; validates,
 //!                │        takes permits, reads WRITE payloads
-//!                ├─► quick and cached (`Inline`): the reader runs it itself
+//!                ├─► quick, or a large WRITE (`Inline`): the reader runs it itself
 //!                ▼ pool::workers(): one queue, engine threads shared by all connections
 //!            worker: engine call → complete reply, built in a reused buffer
 //!                │
@@ -436,11 +436,15 @@ impl Inline {
             // Its reply may wait for the next one's, which runs right
             // after it (here, or on the pool if this one is slow).
             let more = jobs.peek().is_some();
+            // Not quick here means a large write.
+            let slow = if job.quick {
+                INLINE_SLOW
+            } else {
+                INLINE_WRITE_SLOW
+            };
             let start = Instant::now();
-            let big = job.bytes > QUICK_MAX;
             // `run` answers the client even if the engine panics.
             let _ = std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(more)));
-            let slow = if big { INLINE_WRITE_SLOW } else { INLINE_SLOW };
             if start.elapsed() >= slow {
                 self.backoff = INLINE_BACKOFF;
             }
@@ -1017,7 +1021,7 @@ mod tests {
         (store, image)
     }
 
-    /// Jobs that record the thread they ran on, and how long they took.
+    /// Jobs that record the thread they ran on (quick ones if `cached`).
     fn jobs(cached: &[bool], ran: &Arc<Mutex<Vec<(usize, ThreadId)>>>) -> Vec<pool::Job> {
         cached
             .iter()
@@ -1102,7 +1106,7 @@ mod tests {
         let ran = Arc::new(Mutex::new(Vec::new()));
         // A large write's copy may take longer than a quick request may.
         let mut batch = jobs(&[true, true], &ran);
-        batch[0].bytes = 1 << 20;
+        (batch[0].bytes, batch[0].quick) = (1 << 20, false);
         batch[0].run = Box::new(|_| std::thread::sleep(INLINE_SLOW * 2));
         inline.dispatch(&mut batch);
         assert_eq!(inline.backoff, 0, "a copy's time counted as slow");
@@ -1110,7 +1114,7 @@ mod tests {
         assert_eq!(ran.lock().unwrap().as_slice(), &[(1, me)]);
         // Past its threshold it sends the next ones to the pool.
         let mut batch = jobs(&[true], &ran);
-        batch[0].bytes = 1 << 20;
+        (batch[0].bytes, batch[0].quick) = (1 << 20, false);
         batch[0].run = Box::new(|_| std::thread::sleep(INLINE_WRITE_SLOW + INLINE_SLOW));
         inline.dispatch(&mut batch);
         assert_eq!(inline.backoff, INLINE_BACKOFF);

@@ -80,8 +80,9 @@ pub(crate) struct Job {
     pub bytes: u32,
     /// A small read or write: done in microseconds when cached.
     pub quick: bool,
-    /// Quick, and nothing in it waits for a disk when the data is cached
-    /// (not a FUA write): the reader may run it itself (`Inline`).
+    /// Nothing in it waits for a disk when the data is cached (a quick
+    /// request or a large write, not FUA): the reader may run it itself
+    /// (`Inline`).
     pub cached: bool,
     /// Runs it; the argument says a quick job of the same connection is
     /// next in line (its reply may wait for that one's).

@@ -1,15 +1,16 @@
-//! Quick requests run on the connection's reader thread (`Inline`), the
-//! rest on the worker pool: both paths, and requests of both kinds in
-//! flight together, must give the same answers.
+//! Quick requests and large writes run on the connection's reader thread
+//! (`Inline`), the rest on the worker pool: both paths, and requests of
+//! both kinds in flight together, must give the same answers.
 
 use crate::common::*;
 use crate::raw::Raw;
 use std::collections::HashMap;
 use vdisk_nbd::{Command, CommandFlags};
 
-/// 4 KiB writes (run inline), FUA and 128 KiB writes (always on the pool)
-/// pipelined on one connection, then read back pipelined: every reply
-/// arrives, carries the right data, and the engine holds the same bytes.
+/// 4 KiB and 128 KiB writes (run inline) and FUA writes (always on the
+/// pool) pipelined on one connection, then read back pipelined (128 KiB
+/// reads on the pool): every reply arrives, carries the right data, and
+/// the engine holds the same bytes.
 fn pipelined_mix(inline: bool) {
     let server = TestServer::start_with(vdisk_server::Limits {
         inline,
@@ -67,7 +68,7 @@ fn pipelined_mix(inline: bool) {
 }
 
 #[test]
-fn pipelined_small_and_large_requests_with_quick_ones_inline() {
+fn pipelined_small_and_large_requests_with_the_reader_path_on() {
     pipelined_mix(true);
 }
 
