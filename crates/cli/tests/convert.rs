@@ -414,6 +414,22 @@ fn bad_input_fails_clearly_and_writes_nothing() {
         "missing.qcow2",
     );
     assert!(!Path::new(&out).exists());
+    // A bare file name is an image spec (as in `rbd`); when a file of that
+    // name is there, the error says how to name the file instead (what a
+    // `qemu-img` user types first).
+    let bare = Command::new(env!("CARGO_BIN_EXE_vdisk"))
+        .arg("--dir")
+        .arg(e.store_dir())
+        .arg("--no-progress")
+        .args(["convert", "src.raw", "./bare-out.raw"])
+        .current_dir(e.file(""))
+        .env_remove("VDISK_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bare.stderr);
+    assert_eq!(bare.status.code(), Some(NOT_FOUND), "{err}");
+    assert!(err.contains("write it as ./src.raw"), "{err}");
+    assert!(!e.file("bare-out.raw").exists());
     // A truncated qcow2: refused as damaged; nothing written.
     let Some(qemu_img) = tool("qemu-img") else {
         return;

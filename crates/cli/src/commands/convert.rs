@@ -130,9 +130,11 @@ fn open_source(
     })
 }
 
-/// A spec that fails but names an existing file: say how to name a path.
+/// A spec that fails but names an existing file: say how to name a path
+/// (the likelier mistake than the generic hint, which it replaces: a
+/// `qemu-img` user writes `vdisk convert disk.qcow2 ...`).
 fn path_hint(s: &str, e: CliError) -> CliError {
-    if std::path::Path::new(s).exists() && e.hint.is_none() {
+    if std::path::Path::new(s).exists() {
         e.with_hint(format!(
             "{s} is also a file; to use the file write it as ./{s} (paths start with / or .)"
         ))
