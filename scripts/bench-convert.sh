@@ -6,9 +6,11 @@
 #   qcow2 -> pool image (vs qemu-img to a raw file), pool image -> qcow2.
 #
 # The machine is shared and its load moves by the minute, so the commands
-# run interleaved: each round runs every command once, in a new order (after removing the
-# output and `sync`), and the median of the rounds is reported, with each
-# vdisk row as a speed ratio against its qemu-img row (> 1: vdisk faster).
+# run interleaved: each round runs every command once, in a new order (rows
+# in a new order, the commands of a row one after the other), and each vdisk
+# row is reported as a speed ratio against its qemu-img row (> 1: vdisk
+# faster): of the medians, the median of each round's paired ratio, and of
+# the fastest runs.
 # vdisk fsyncs file destinations by default; qemu-img convert does not
 # (strace shows no fsync/fdatasync): the --no-sync rows compare like for like.
 #
@@ -63,24 +65,57 @@ def warm(cmd):
         files.append(f"{st}/pools/rbd/00000001")
     for f in files:
         subprocess.run(f"find {f} -type f -exec cat {{}} + > /dev/null", shell=True)
+# Outputs are removed, and the page cache of images imported earlier is
+# dropped, last, right before the command: this machine is a VM whose
+# guest reports free memory to the host (virtio-balloon free page
+# reporting, ~2 s after it is freed) and the host takes it back. A command
+# that writes its output into such pages has the host fault each one in
+# again, at 2-5x the cost (measured, same command alternated: 0.45-1.21 s
+# started right after the previous output was removed, 1.24-1.74 s started
+# 4 s later). Whether a command met such pages depended on what ran before
+# it (an import frees nothing; a long warm-up is a pause). Now every
+# command first reuses memory just freed, as on a machine whose RAM is its
+# own: the rows measure the tools, not the host's reclaim.
+def drop_imported():
+    pool = f"{st}/pools/rbd"
+    for image in os.listdir(pool) if os.path.isdir(pool) else []:
+        if image == "00000001" or not os.path.isdir(f"{pool}/{image}"):
+            continue  # rbd/src, the export row's input
+        for name in os.listdir(f"{pool}/{image}"):
+            fd = os.open(f"{pool}/{image}/{name}", os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
 def prep(cmd=""):
-    for f in (f"{o}.raw", f"{o}.qcow2"):
-        if os.path.exists(f): os.remove(f)
     subprocess.run("sync", shell=True)
     warm(cmd)
+    drop_imported()
+    for f in (f"{o}.raw", f"{o}.qcow2"):
+        if os.path.exists(f): os.remove(f)
 def cleanup():
     prep()
     for name in imported:
         subprocess.run(f"{v} --dir {st} rm {name}", shell=True, capture_output=True)
 def measure(rs, n):
     times = {i: [] for i in range(len(rs))}
+    groups = {}
+    for i, r in enumerate(rs):
+        groups.setdefault(r[0], []).append(i)
     for r in range(n):
         # A new order every round (seeded: runs are repeatable): whatever a
         # command leaves behind (fresh page cache, writeback, DAMON's
         # reclaim) then slows a different row each round, not always the
-        # same one.
-        order = list(range(len(rs)))
-        random.Random(r).shuffle(order)
+        # same one. The commands of one row run one after the other (in
+        # a new order too), so that a vdisk run and the qemu-img run it is
+        # compared with meet the same moment of a host whose speed moves
+        # by the minute: the paired ratio of each round.
+        rng = random.Random(r)
+        keys = list(groups)
+        rng.shuffle(keys)
+        order = []
+        for k in keys:
+            members = list(groups[k])
+            rng.shuffle(members)
+            order += members
         for i in order:
             cmd = rs[i][2]
             prep(cmd)
@@ -101,18 +136,20 @@ def report(rs, times):
     med = {i: statistics.median(t) for i, t in times.items()}
     low = {i: min(t) for i, t in times.items()}
     for i, (row, name, cmd, base) in enumerate(rs):
-        ratio = ratio_min = ""
+        ratio = ratio_min = paired = ""
         if base:
             j = next(k for k, x in enumerate(rs) if x[0] == row and x[1] == base)
             ratio = f"{med[j] / med[i]:.2f}×"
             ratio_min = f"{low[j] / low[i]:.2f}×"
+            pairs = [b / a for a, b in zip(times[i], times[j])]
+            paired = f"{statistics.median(pairs):.2f}×"
         runs = " ".join(f"{t:.2f}" for t in times[i])
-        print(f"| {row} | {name} | {med[i]:.2f} s | {ratio} | {low[i]:.2f} s | {ratio_min} | {runs} |")
+        print(f"| {row} | {name} | {med[i]:.2f} s | {ratio} | {paired} | {low[i]:.2f} s | {ratio_min} | {runs} |")
 print(f"load before: {os.getloadavg()}", file=sys.stderr)
 t1 = measure(rows, rounds)
 t2 = measure(crows, crounds)
 cleanup()
-print("| row | command | median | speed (medians) | fastest | speed (fastest) | runs (s) |\n|---|---|---|---|---|---|---|")
+print("| row | command | median | speed (medians) | speed (paired, median) | fastest | speed (fastest) | runs (s) |\n|---|---|---|---|---|---|---|---|")
 report(rows, t1)
 report(crows, t2)
 PY
