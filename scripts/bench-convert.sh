@@ -62,7 +62,7 @@ imported = []
 def warm(cmd):
     files = [f for f in (src, raw) if f in cmd.split()]
     if "rbd/src" in cmd:
-        files.append(f"{st}/pools/rbd/00000001")
+        files.append(src_dir)
     for f in files:
         subprocess.run(f"find {f} -type f -exec cat {{}} + > /dev/null", shell=True)
 # Outputs are removed, and the page cache of images imported earlier is
@@ -76,15 +76,20 @@ def warm(cmd):
 # it (an import frees nothing; a long warm-up is a pause). Now every
 # command first reuses memory just freed, as on a machine whose RAM is its
 # own: the rows measure the tools, not the host's reclaim.
+pool = f"{st}/pools/rbd"
+# The store holds rbd/src only (made afresh above): its objects' directory.
+(src_dir,) = [f"{pool}/{d}" for d in os.listdir(pool)]
+# Image directories already handled: rbd/src's (the export row's input,
+# kept cached) and those of imports dropped before (clean after `sync`,
+# nothing reads them again).
+done = set(os.listdir(pool))
 def drop_imported():
-    pool = f"{st}/pools/rbd"
-    for image in os.listdir(pool) if os.path.isdir(pool) else []:
-        if image == "00000001" or not os.path.isdir(f"{pool}/{image}"):
-            continue  # rbd/src, the export row's input
+    for image in set(os.listdir(pool)) - done:
         for name in os.listdir(f"{pool}/{image}"):
             fd = os.open(f"{pool}/{image}/{name}", os.O_RDONLY)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             os.close(fd)
+        done.add(image)
 def prep(cmd=""):
     subprocess.run("sync", shell=True)
     warm(cmd)

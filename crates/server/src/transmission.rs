@@ -302,13 +302,13 @@ where
         }
         let quick = is_quick(&req);
         sink.expect(quick);
-        let cached = may_run_inline(&req);
+        let may_inline = may_run_inline(&req);
         let (session, sink) = (session.clone(), sink.clone());
         parsed.push(pool::Job {
             key: Arc::as_ptr(&sink) as *const () as usize,
             bytes: buffer,
             quick,
-            cached,
+            may_inline,
             run: Box::new(move |more| {
                 let job = Accepted {
                     req,
@@ -416,10 +416,10 @@ impl Inline {
             return;
         }
         for job in jobs.drain(..) {
-            if job.cached && self.backoff == 0 {
+            if job.may_inline && self.backoff == 0 {
                 self.here.push(job);
             } else {
-                self.backoff = self.backoff.saturating_sub(u32::from(job.cached));
+                self.backoff = self.backoff.saturating_sub(u32::from(job.may_inline));
                 self.queued.push(job);
             }
         }
@@ -1032,7 +1032,7 @@ mod tests {
                     key: 1,
                     bytes: 0,
                     quick: cached,
-                    cached,
+                    may_inline: cached,
                     run: Box::new(move |_| {
                         ran.lock().unwrap().push((i, std::thread::current().id()));
                     }),
@@ -1104,18 +1104,21 @@ mod tests {
         let me = std::thread::current().id();
         let mut inline = Inline::new(true, image());
         let ran = Arc::new(Mutex::new(Vec::new()));
+        // Makes `job` a 1 MiB write that takes `took`.
+        let large = |job: &mut pool::Job, took: Duration| {
+            (job.bytes, job.quick) = (1 << 20, false);
+            job.run = Box::new(move |_| std::thread::sleep(took));
+        };
         // A large write's copy may take longer than a quick request may.
         let mut batch = jobs(&[true, true], &ran);
-        (batch[0].bytes, batch[0].quick) = (1 << 20, false);
-        batch[0].run = Box::new(|_| std::thread::sleep(INLINE_SLOW * 2));
+        large(&mut batch[0], INLINE_SLOW * 2);
         inline.dispatch(&mut batch);
         assert_eq!(inline.backoff, 0, "a copy's time counted as slow");
         // The one after it ran here too.
         assert_eq!(ran.lock().unwrap().as_slice(), &[(1, me)]);
         // Past its threshold it sends the next ones to the pool.
         let mut batch = jobs(&[true], &ran);
-        (batch[0].bytes, batch[0].quick) = (1 << 20, false);
-        batch[0].run = Box::new(|_| std::thread::sleep(INLINE_WRITE_SLOW + INLINE_SLOW));
+        large(&mut batch[0], INLINE_WRITE_SLOW + INLINE_SLOW);
         inline.dispatch(&mut batch);
         assert_eq!(inline.backoff, INLINE_BACKOFF);
     }

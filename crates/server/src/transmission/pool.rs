@@ -80,10 +80,10 @@ pub(crate) struct Job {
     pub bytes: u32,
     /// A small read or write: done in microseconds when cached.
     pub quick: bool,
-    /// Nothing in it waits for a disk when the data is cached (a quick
-    /// request or a large write, not FUA): the reader may run it itself
-    /// (`Inline`).
-    pub cached: bool,
+    /// The reader may run it itself (`Inline`): nothing in it waits for a
+    /// disk when the data is cached (a quick request or a large write, not
+    /// FUA).
+    pub may_inline: bool,
     /// Runs it; the argument says a quick job of the same connection is
     /// next in line (its reply may wait for that one's).
     pub run: Box<dyn FnOnce(bool) + Send + 'static>,
@@ -418,7 +418,7 @@ mod tests {
             key: 0,
             bytes: 0,
             quick: false,
-            cached: false,
+            may_inline: false,
             run: Box::new(move |_| f()),
         }
     }
