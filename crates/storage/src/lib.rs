@@ -27,12 +27,14 @@
 #![deny(unsafe_code)]
 
 mod faulty;
+mod lent;
 mod local;
 mod lock;
 mod mem;
 mod redb_meta;
 
 pub use faulty::{FaultConfig, FaultyMetaStore, FaultyObjectStore};
+pub use lent::Lent;
 pub use local::{start_file_writeback, LocalObjectStore};
 pub use lock::{DirLock, LockHolder};
 pub use mem::{MemMetaStore, MemObjectStore};
@@ -92,6 +94,27 @@ pub trait ObjectStore: Send + Sync + Debug {
     /// beyond the object's end, or of an object that does not exist read as
     /// zero. A missing object is not an error.
     fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Lends the bytes at `offset` (at most `len` of them) where the store
+    /// keeps them, instead of copying them into a buffer: for a caller that
+    /// only hands them on to the kernel (an NBD server's `writev` to a
+    /// socket), which then copies them once instead of twice. `Ok(None)`:
+    /// nothing lent (the store cannot, the object does not exist, or
+    /// `offset` is at or past its end); read with [`ObjectStore::read_at`]. An invalid name is an error, as
+    /// everywhere. Fewer than `len` bytes are lent when the object ends first: the rest
+    /// reads as zero.
+    ///
+    /// The lent bytes are the object's when they are *copied*, not when
+    /// lent: a later write or punch of the range shows through, and a
+    /// removal does not (the lent bytes keep the removed data). Callers that
+    /// need the bytes of one moment hold such changes off until the lent
+    /// bytes are dropped (the engine defers its punches). The default lends
+    /// nothing.
+    fn lend(&self, name: &str, offset: u64, len: usize) -> Result<Option<Lent>> {
+        let _ = (offset, len);
+        validate_name(name)?;
+        Ok(None)
+    }
 
     /// Writes `data` at `offset`, creating the object if needed (the gap
     /// before `offset` reads as zero). Visible to reads at once; durable only

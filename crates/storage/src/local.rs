@@ -7,7 +7,7 @@
 //! - `sync` only fsyncs what changed since the last sync: the files written or
 //!   punched, then the directories in which entries were created or removed.
 
-use crate::{validate_name, ObjectStore, Result, StorageError};
+use crate::{validate_name, Lent, ObjectStore, Result, StorageError};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -249,6 +249,44 @@ impl ObjectStore for LocalObjectStore {
         }
         buf[done..].fill(0);
         Ok(())
+    }
+
+    #[allow(unsafe_code)]
+    fn lend(&self, name: &str, offset: u64, len: usize) -> Result<Option<Lent>> {
+        validate_name(name)?;
+        let Some(file) = self.handle(name, false)? else {
+            return Ok(None);
+        };
+        let size = file
+            .metadata()
+            .map_err(|e| StorageError::io(name, e))?
+            .len();
+        if offset >= size || len == 0 {
+            return Ok(None);
+        }
+        // At most `len`, so the cast cannot truncate.
+        let n = (size - offset).min(len as u64) as usize;
+        // SAFETY: `Mmap` is a read-only shared mapping of `[offset, offset
+        // + n)`, inside the file's size now. The ways its bytes could become
+        // unreadable are ruled out or contained: this store never truncates
+        // object files (a removal keeps the mapped inode alive); a write or
+        // punch of the range only changes the bytes (see
+        // `ObjectStore::lend`); a disk error under an uncached page makes
+        // the `writev` the lent bytes are meant for fail with EFAULT (a
+        // read in user space would get SIGBUS; `Lent` says so). The mapping
+        // is `unsafe` because the compiler cannot see any of that.
+        // MAP_POPULATE maps the cached pages (and reads the others) now, on
+        // the caller's thread, instead of faulting them in one by one
+        // during the copy.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(offset)
+                .len(n)
+                .populate()
+                .map(&*file)
+        };
+        // Cannot map (address space, limits): read instead.
+        Ok(map.ok().map(Lent::new))
     }
 
     fn write_at(&self, name: &str, offset: u64, data: &[u8]) -> Result<()> {

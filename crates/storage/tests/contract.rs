@@ -51,6 +51,35 @@ fn object_contract(store: Arc<dyn ObjectStore>, punch_zeroes: bool) {
     want[4090..4102].copy_from_slice(b"ABCDEFGHIJKL");
     assert_eq!(read(s, "img/big", 0, 20_000), want);
 
+    // Large reads (the local store reads their first page on its own), at
+    // page-aligned and unaligned offsets, and across the end of the object.
+    let large: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8 + 1).collect();
+    s.write_at("lend/large", 0, &large).unwrap();
+    for (off, len) in [
+        (0, 150_000),
+        (4090, 150_000),
+        (8192, 65_536),
+        (180_000, 100_000),
+    ] {
+        let got = read(s, "lend/large", off as u64, len);
+        let end = (off + len).min(large.len());
+        assert_eq!(&got[..end - off], &large[off..end], "at {off}+{len}");
+        assert!(got[end - off..].iter().all(|&b| b == 0), "at {off}+{len}");
+    }
+
+    // Lent bytes, where a store lends: what a read gives, cut at the end of
+    // the object; nothing for a missing object or past the end.
+    for (off, len) in [(0, 150_000), (4090, 150_000), (180_000, 100_000)] {
+        if let Some(lent) = s.lend("lend/large", off as u64, len).unwrap() {
+            let end = (off + len).min(large.len());
+            assert_eq!(lent.as_bytes(), &large[off..end], "lent {off}+{len}");
+        }
+    }
+    assert!(s.lend("lend/large", 200_000, 10).unwrap().is_none());
+    assert!(s.lend("missing", 0, 10).unwrap().is_none());
+    assert!(s.lend("../bad", 0, 10).is_err());
+    s.remove("lend/large").unwrap();
+
     // Punch: whole pages and partial ones at both ends; the length is kept.
     s.punch("img/big", 1000, 12_000).unwrap();
     let got = read(s, "img/big", 0, 20_000);
@@ -240,6 +269,26 @@ fn local_store_persists_across_reopen_and_ignores_foreign_files() {
     let store = LocalObjectStore::open(dir.path()).unwrap();
     assert_eq!(read(&store, "x/y", 0, 6), b"\0\0\0abc");
     assert_eq!(store.list("").unwrap(), vec!["x/y"]);
+}
+
+#[test]
+fn local_store_lends_what_it_holds_and_keeps_it_past_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalObjectStore::open(dir.path()).unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8 + 1).collect();
+    s.write_at("i/o", 0, &data).unwrap();
+    let lent = s
+        .lend("i/o", 5000, 1 << 20)
+        .unwrap()
+        .expect("a local store lends");
+    assert_eq!(lent.as_bytes(), &data[5000..]);
+    // A write shows through (the bytes are the file's when copied)...
+    s.write_at("i/o", 5000, b"new").unwrap();
+    assert_eq!(&lent.as_bytes()[..3], b"new");
+    // ...a removal does not: the lent bytes keep the removed object's.
+    s.remove("i/o").unwrap();
+    assert_eq!(&lent.as_bytes()[3..], &data[5003..]);
+    assert!(s.lend("i/o", 0, 10).unwrap().is_none());
 }
 
 #[test]
