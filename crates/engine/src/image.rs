@@ -13,6 +13,7 @@
 //! 4. short-lived map/cache/dirty-set mutexes, never held across I/O.
 
 use crate::error::{Error, Result};
+use crate::lend::{LendBook, LentRead, Piece};
 use crate::object::{ObjectMeta, Source, View, BLOCK, BLOCK_SHIFT, OBJECT_NONEXISTENT};
 use crate::objmap::{ObjectMap, HEAD};
 use crate::record::{
@@ -28,6 +29,9 @@ use std::time::Duration;
 use vdisk_storage::{MetaOp, MetaStore, ObjectStore};
 
 const SHARDS: usize = 64;
+/// How long reclaim waits for lent reads started before it
+/// ([`ImageState::wait_for_lent_reads`]).
+const LENT_READ_WAIT: Duration = Duration::from_secs(1);
 
 type Cell = Arc<RwLock<ObjectMeta>>;
 
@@ -51,6 +55,46 @@ pub fn is_zero(buf: &[u8]) -> bool {
         }
     }
     chunks.remainder().iter().all(|b| *b == 0)
+}
+
+/// Calls `f(pos, range, source)` for the runs of blocks of `m` in
+/// `[obj_off, obj_off + len)` that come from one place (as `view` sees
+/// them): `pos` is the run's offset in the object, `range` its place in the
+/// caller's buffer.
+fn for_runs(
+    m: &ObjectMeta,
+    view: &View,
+    obj_off: u64,
+    len: usize,
+    mut f: impl FnMut(u64, std::ops::Range<usize>, Source) -> Result<()>,
+) -> Result<()> {
+    let end = obj_off + len as u64;
+    let mut pos = obj_off;
+    while pos < end {
+        let b = (pos >> BLOCK_SHIFT) as usize;
+        let src = m.resolve(view, b);
+        // Extend the run while the next blocks come from the same place.
+        let mut run_end = ((b as u64 + 1) << BLOCK_SHIFT).min(end);
+        while run_end < end && m.resolve(view, (run_end >> BLOCK_SHIFT) as usize) == src {
+            run_end = (run_end + BLOCK).min(end);
+        }
+        f(
+            pos,
+            (pos - obj_off) as usize..(run_end - obj_off) as usize,
+            src,
+        )?;
+        pos = run_end;
+    }
+    Ok(())
+}
+
+/// A buffer as a piece: zeros when it is all zero (nothing to copy).
+fn copied_or_zeros(buf: Vec<u8>) -> Piece {
+    if is_zero(&buf) {
+        Piece::Zeros(buf.len())
+    } else {
+        Piece::Copied(buf)
+    }
 }
 
 /// The head's view and everything the I/O path needs, swapped whole when
@@ -156,9 +200,16 @@ pub(crate) struct ImageState {
     dirty: Mutex<BTreeSet<u64>>,
     head_map: Mutex<ObjectMap>,
     pending_removes: Mutex<Vec<(u64, u64)>>,
-    /// (object, generation, block) of data released by the data path,
-    /// punched only after a commit that no longer references it.
-    pending_punches: Mutex<Vec<(u64, u64, usize)>>,
+    /// (object, generation, block, lend mark) of data released by the data
+    /// path, punched only after a commit that no longer references it and
+    /// once the lent reads started before the mark have ended
+    /// ([`crate::lend`]).
+    pending_punches: Mutex<Vec<(u64, u64, usize, u64)>>,
+    /// Punches committed (as `pending_punches`) that wait only for lent
+    /// reads started before their mark to end.
+    lent_punches: Mutex<Vec<(u64, u64, usize, u64)>>,
+    /// Lent reads in progress ([`Image::read_lent`]).
+    lends: Arc<LendBook>,
     /// Objects copied up since the last flush: their generation 0 is seen
     /// by every snapshot, whose object maps the flush updates.
     copied_up: Mutex<BTreeSet<u64>>,
@@ -231,6 +282,8 @@ impl ImageState {
             head_map: Mutex::new(head_map),
             pending_removes: Mutex::new(Vec::new()),
             pending_punches: Mutex::new(Vec::new()),
+            lent_punches: Mutex::new(Vec::new()),
+            lends: Arc::default(),
             copied_up: Mutex::new(BTreeSet::new()),
             snap_readers: Mutex::new(HashMap::new()),
             parent: Mutex::new(None),
@@ -436,25 +489,94 @@ impl ImageState {
         obj_off: u64,
         buf: &mut [u8],
     ) -> Result<()> {
-        let end = obj_off + buf.len() as u64;
-        let mut pos = obj_off;
-        while pos < end {
-            let b = (pos >> BLOCK_SHIFT) as usize;
-            let src = m.resolve(view, b);
-            // Extend the run while the next blocks come from the same place.
-            let mut run_end = ((b as u64 + 1) << BLOCK_SHIFT).min(end);
-            while run_end < end && m.resolve(view, (run_end >> BLOCK_SHIFT) as usize) == src {
-                run_end = (run_end + BLOCK).min(end);
-            }
-            let out = &mut buf[(pos - obj_off) as usize..(run_end - obj_off) as usize];
+        for_runs(m, view, obj_off, buf.len(), |pos, range, src| {
+            let out = &mut buf[range];
             match src {
                 Source::Data(g) => self.data.read_at(&self.name(objno, g), pos, out)?,
                 Source::Zero(_) => out.fill(0),
                 Source::Below => self.read_below(view, m.copied_up, p, objno, pos, out)?,
             }
-            pos = run_end;
+            Ok(())
+        })
+    }
+
+    /// [`ImageState::read_view`] into pieces, lending what the object store
+    /// lends (see [`Image::read_lent`]).
+    fn lend_view(
+        &self,
+        view: &View,
+        is_head: bool,
+        off: u64,
+        len: usize,
+        out: &mut LentRead,
+    ) -> Result<()> {
+        let p = self.params();
+        let mut done = 0usize;
+        while done < len {
+            let abs = off + done as u64;
+            let objno = abs / p.obj_size;
+            let obj_off = abs % p.obj_size;
+            let n = ((p.obj_size - obj_off) as usize).min(len - done);
+            let cell = if is_head {
+                self.head_cell(objno, &p)?
+            } else {
+                Some(self.cell(objno, &p)?)
+            };
+            match cell {
+                None => {
+                    let mut buf = vec![0; n];
+                    self.read_below(view, false, &p, objno, obj_off, &mut buf)?;
+                    out.push(copied_or_zeros(buf));
+                }
+                Some(c) => {
+                    let m = c.read();
+                    for_runs(&m, view, obj_off, n, |pos, range, src| {
+                        let len = range.len();
+                        match src {
+                            Source::Data(g) => {
+                                let name = self.name(objno, g);
+                                match self.data.lend(&name, pos, len)? {
+                                    Some(lent) => {
+                                        let short = len - lent.len();
+                                        out.push(Piece::Lent(lent));
+                                        out.push(Piece::Zeros(short));
+                                    }
+                                    None => {
+                                        let mut buf = vec![0; len];
+                                        self.data.read_at(&name, pos, &mut buf)?;
+                                        out.push(Piece::Copied(buf));
+                                    }
+                                }
+                            }
+                            Source::Zero(_) => out.push(Piece::Zeros(len)),
+                            Source::Below => {
+                                let mut buf = vec![0; len];
+                                self.read_below(view, m.copied_up, &p, objno, pos, &mut buf)?;
+                                out.push(copied_or_zeros(buf));
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
+            }
+            done += n;
         }
         Ok(())
+    }
+
+    /// Waits (at most `limit`) for the lent reads in progress to end, before
+    /// data they may still send is queued for release; see [`crate::lend`].
+    /// Past the limit it goes on: a reply still in a stalled client's socket
+    /// must not hold a rollback or snapshot removal up for longer.
+    pub(crate) fn wait_for_lent_reads(&self, limit: Duration) {
+        let mark = self.lends.mark();
+        if !self.lends.wait_before(mark, limit) {
+            crate::trim::tracing_free_warn(&format!(
+                "a read reply of {}/{} still holds lent data after {limit:?}; \
+                 releasing the data it no longer needs anyway",
+                self.pool.name, self.id
+            ));
+        }
     }
 
     fn check_range(&self, off: u64, len: u64, size: u64) -> Result<()> {
@@ -813,7 +935,8 @@ impl ImageState {
             }
             let v = m.version_mut(g);
             if v.has_data(b) {
-                self.pending_punches.lock().push((objno, g, b));
+                let mark = self.lends.mark();
+                self.pending_punches.lock().push((objno, g, b, mark));
             }
             v.present.set(b, false);
             v.zero.set(b, false);
@@ -877,6 +1000,7 @@ impl ImageState {
             && !self.rec_dirty.load(Ordering::SeqCst)
             && self.pending_removes.lock().is_empty()
             && self.pending_punches.lock().is_empty()
+            && self.lent_punches.lock().is_empty()
             && self.copied_up.lock().is_empty()
     }
 
@@ -997,7 +1121,8 @@ impl ImageState {
         let mut excess = cached - self.cache_limit;
         let mut busy: BTreeSet<u64> = self.copied_up.lock().clone();
         busy.extend(self.pending_removes.lock().iter().map(|(o, _)| *o));
-        busy.extend(self.pending_punches.lock().iter().map(|(o, _, _)| *o));
+        busy.extend(self.pending_punches.lock().iter().map(|(o, ..)| *o));
+        busy.extend(self.lent_punches.lock().iter().map(|(o, ..)| *o));
         for shard in &self.cache {
             if excess == 0 {
                 break;
@@ -1048,22 +1173,29 @@ impl ImageState {
     /// while a concurrent flush was running may concern a state that flush
     /// read before the drop; such entries wait for the next flush (which
     /// will find their object dirty). Releasing data still referenced by the
-    /// durable metadata would make a crash read garbage.
+    /// durable metadata would make a crash read garbage. A committed punch
+    /// also waits while a lent read that may still send the block is in
+    /// progress ([`crate::lend`]): it is retried by the next flush.
     fn release_pending(
         &self,
         committed: &BTreeSet<u64>,
         removes: Vec<(u64, u64)>,
-        punches: Vec<(u64, u64, usize)>,
+        punches: Vec<(u64, u64, usize, u64)>,
     ) -> Result<()> {
-        let (punches, later): (Vec<_>, Vec<_>) = punches
+        let (mut punches, later): (Vec<_>, Vec<_>) = punches
             .into_iter()
-            .partition(|(o, _, _)| committed.contains(o));
+            .partition(|(o, ..)| committed.contains(o));
         self.pending_punches.lock().extend(later);
+        punches.append(&mut self.lent_punches.lock());
+        let (punches, lent): (Vec<_>, Vec<_>) = punches
+            .into_iter()
+            .partition(|&(.., mark)| self.lends.done_before(mark));
+        self.lent_punches.lock().extend(lent);
         let (removes, later): (Vec<_>, Vec<_>) = removes
             .into_iter()
             .partition(|(o, _)| committed.contains(o));
         self.pending_removes.lock().extend(later);
-        for (objno, gen, b) in punches {
+        for (objno, gen, b, _) in punches {
             // Re-check under the object lock: a copy-up retried after a
             // failure may have written the block again since.
             let cell = self.cached(objno);
@@ -1244,6 +1376,7 @@ impl ImageState {
         progress: &dyn crate::Progress,
     ) -> Result<()> {
         self.flush()?;
+        self.wait_for_lent_reads(LENT_READ_WAIT);
         let p = self.params();
         let rec = self.record();
         let readers = readers(&rec);
@@ -1526,6 +1659,35 @@ impl Image {
                 self.st.read_view(&p.head, true, offset, buf)
             }
         }
+    }
+
+    /// Reads `len` bytes at `offset` like [`Image::read_at`], for a caller
+    /// that hands them on to the kernel (an NBD reply) rather than using
+    /// them: data the object store can lend ([`vdisk_storage::Lent`], the
+    /// page cache of a local store) is lent instead of copied into a
+    /// buffer, so the kernel copies it once, to the socket. The engine
+    /// releases (punches) none of the lent data until the returned read is
+    /// dropped; writes and discards of the range meanwhile may show in it,
+    /// as they may in any read they overlap. See [`crate::lend`].
+    pub fn read_lent(&self, offset: u64, len: usize) -> Result<LentRead> {
+        let start = std::time::Instant::now();
+        // Entered before anything is resolved (see `LendBook::mark`).
+        let mut out = LentRead::new(self.st.lends.begin());
+        let r = match &self.snap {
+            Some(s) => {
+                self.st.check_range(offset, len as u64, s.size)?;
+                self.st
+                    .lend_view(&snap_view(s), false, offset, len, &mut out)
+            }
+            None => {
+                let _g = self.st.gate.read();
+                let p = self.st.params();
+                self.st.check_range(offset, len as u64, p.size)?;
+                self.st.lend_view(&p.head, true, offset, len, &mut out)
+            }
+        };
+        self.st.io.record(start);
+        r.map(|()| out)
     }
 
     /// Writes `data` at `offset`. All-zero blocks are stored as zeros in

@@ -26,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod features;
 mod image;
+pub mod lend;
 pub mod object;
 pub mod objmap;
 pub mod record;

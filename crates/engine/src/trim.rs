@@ -566,7 +566,7 @@ fn pause(d: Duration, stop: &dyn Fn() -> bool) {
 }
 
 /// The engine has no logger of its own; warnings go to stderr.
-fn tracing_free_warn(msg: &str) {
+pub(crate) fn tracing_free_warn(msg: &str) {
     #[allow(clippy::print_stderr)]
     {
         eprintln!("vdisk: warning: {msg}");

@@ -310,6 +310,12 @@ impl World {
         let mut got = vec![0xEE; want.len()];
         h.read_at(0, &mut got).unwrap();
         assert_bytes_eq(&got, want, &format!("head of {}", self.imgs[i].name));
+        let lent = h.read_lent(0, want.len()).unwrap().to_vec();
+        assert_bytes_eq(
+            &lent,
+            want,
+            &format!("head of {} (lent)", self.imgs[i].name),
+        );
     }
 
     fn check_snaps(&mut self, i: usize) {
@@ -320,6 +326,8 @@ impl World {
             let mut got = vec![0xEE; s.data.len()];
             img.read_at(0, &mut got).unwrap();
             assert_bytes_eq(&got, &s.data, &format!("{spec}@{}", s.name));
+            let lent = img.read_lent(0, s.data.len()).unwrap().to_vec();
+            assert_bytes_eq(&lent, &s.data, &format!("{spec}@{} (lent)", s.name));
         }
     }
 
