@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{watch, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, warn, Instrument, Span};
+use vdisk_engine::lend::LentRead;
 use vdisk_engine::Image;
 use vdisk_nbd::consts::{CONTEXT_BASE_ALLOCATION, REQUEST_HEADER_LEN, STATE_HOLE, STATE_ZERO};
 use vdisk_nbd::reply::{
@@ -52,6 +53,13 @@ use vdisk_nbd::{
 /// from where the answer stopped (the spec allows a shorter answer), and
 /// this bounds the metadata one request walks.
 const BLOCK_STATUS_SPAN: u64 = 1 << 30;
+
+/// READ data of at least this many bytes in one chunk is lent by the
+/// engine ([`Image::read_lent`]: a mapping of the page cache) instead of
+/// read into the reply buffer, so the kernel copies it once, straight to
+/// the socket, instead of twice. Below this, mapping and unmapping cost
+/// about what the copy saves.
+const LEND_MIN: usize = 256 * 1024;
 
 /// READs shorter than this are sent as data without asking the engine
 /// where the holes are: for small random reads the metadata walk costs
@@ -542,7 +550,7 @@ fn run<W: AsyncWrite + Unpin + Send + 'static>(
     buffers().put(payload);
     session.record(req, received, built.ok);
     sink.send(
-        Reply::at(out, built.start..built.end, Some(permits)),
+        Reply::at(out, built.start..built.end, Some(permits)).with_tail(built.tail),
         quick,
         more,
     );
@@ -716,11 +724,14 @@ fn execute(s: &Session, req: &RequestHeader, payload: &[u8], out: &mut Vec<u8>) 
 }
 
 /// A reply built into the output buffer: `out[start..end]` (at the front,
-/// unless laid out to align READ data, see [`pool::DATA_ALIGN`]).
-#[derive(Debug, Clone, Copy)]
+/// unless laid out to align READ data, see [`pool::DATA_ALIGN`]), then the
+/// data of a lent read if there is one.
+#[derive(Debug)]
 struct Built {
     start: usize,
     end: usize,
+    /// Sent after `out[start..end]`.
+    tail: Option<LentRead>,
     /// The reply is not an error.
     ok: bool,
 }
@@ -734,6 +745,7 @@ impl Built {
         Self {
             start,
             end,
+            tail: None,
             ok: true,
         }
     }
@@ -742,6 +754,7 @@ impl Built {
         Self {
             start: 0,
             end: len,
+            tail: None,
             ok: false,
         }
     }
@@ -833,7 +846,11 @@ fn read(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Built {
     };
     // On failure `out` holds part of the data: the error reply replaces it.
     match result {
-        Ok((start, end)) => Built::ok_at(start, end),
+        Ok(Read::Copied(start, end)) => Built::ok_at(start, end),
+        Ok(Read::Lent(len, data)) => Built {
+            tail: Some(data),
+            ..Built::ok(len)
+        },
         Err(ReadFailure::Engine(e)) => Built::failed(engine_failure(s, req, &e, out)),
         Err(e) => {
             error!(export = %s.export, offset = req.offset, error = %e, "read reply");
@@ -841,6 +858,26 @@ fn read(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Built {
             Built::failed(failure(s, req, Errno::Io, "internal error", out))
         }
     }
+}
+
+/// How a READ reply was built.
+enum Read {
+    /// Whole, in `out[start..end]`.
+    Copied(usize, usize),
+    /// Its header in `out[..len]`, its data lent (see [`LEND_MIN`]).
+    Lent(usize, LentRead),
+}
+
+/// A header and the data of `len` bytes at `offset`, lent by the engine.
+fn lent(
+    s: &Session,
+    header: &[u8],
+    offset: u64,
+    len: usize,
+    out: &mut Vec<u8>,
+) -> Result<Read, ReadFailure> {
+    let data = s.image.read_lent(offset, len)?;
+    Ok(Read::Lent(put_front(out, header), data))
 }
 
 /// The reply laid out as `header` then `len` bytes of data, read straight
@@ -855,36 +892,38 @@ fn place(out: &mut Vec<u8>, header: &[u8], len: usize) -> (usize, usize, usize) 
 }
 
 /// Simple reply: header, then the data, read straight into place.
-fn read_simple(
-    s: &Session,
-    req: &RequestHeader,
-    out: &mut Vec<u8>,
-) -> Result<(usize, usize), ReadFailure> {
+fn read_simple(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Result<Read, ReadFailure> {
     let header = simple_reply_header(req.cookie, None);
-    let (start, data, end) = place(out, &header, req.length as usize);
+    let len = req.length as usize;
+    if len >= LEND_MIN {
+        return lent(s, &header, req.offset, len, out);
+    }
+    let (start, data, end) = place(out, &header, len);
     s.image.read_at(req.offset, &mut out[data..end])?;
-    Ok((start, end))
+    Ok(Read::Copied(start, end))
 }
 
 /// Structured reply: OFFSET_HOLE chunks for what the engine knows reads as
 /// zero (no data read, nothing sent but the chunk header), OFFSET_DATA for
 /// the rest, each read straight into place. With `DF` one data chunk.
-fn read_chunks(
-    s: &Session,
-    req: &RequestHeader,
-    out: &mut Vec<u8>,
-) -> Result<(usize, usize), ReadFailure> {
+fn read_chunks(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Result<Read, ReadFailure> {
     let (cookie, len) = (req.cookie, u64::from(req.length));
     if len == 0 {
         let mut chunk = Vec::new();
         write_none_done(&mut chunk, cookie);
-        return Ok((0, put_front(out, &chunk)));
+        return Ok(Read::Copied(0, put_front(out, &chunk)));
     }
-    if req.flags.contains(CommandFlags::DF) || len < HOLE_DETECTION_MIN {
+    let one_chunk = |out: &mut Vec<u8>| -> Result<Read, ReadFailure> {
         let header = offset_data_header(cookie, req.offset, len as usize, true)?;
+        if len as usize >= LEND_MIN {
+            return lent(s, &header, req.offset, len as usize, out);
+        }
         let (start, data, end) = place(out, &header, len as usize);
         s.image.read_at(req.offset, &mut out[data..end])?;
-        return Ok((start, end));
+        Ok(Read::Copied(start, end))
+    };
+    if req.flags.contains(CommandFlags::DF) || len < HOLE_DETECTION_MIN {
+        return one_chunk(out);
     }
     let mut runs: Vec<(u64, bool)> = Vec::new();
     for (run, _hole, zero) in s.image.block_status(req.offset, len)? {
@@ -892,6 +931,10 @@ fn read_chunks(
             Some(last) if last.1 == zero => last.0 += run,
             _ => runs.push((run, zero)),
         }
+    }
+    if let [(_, false)] = runs[..] {
+        // All data: one chunk, as with DF.
+        return one_chunk(out);
     }
     // Hole chunks are encoded first (they are small), then the reply is
     // laid out at its final length and the data read into place.
@@ -945,7 +988,7 @@ fn read_chunks(
         pos += run;
     }
     debug_assert_eq!(at, start + total);
-    Ok((start, at))
+    Ok(Read::Copied(start, at))
 }
 
 /// `base:allocation` from the engine's metadata.

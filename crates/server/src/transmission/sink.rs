@@ -30,20 +30,30 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
-use tracing::debug;
+use tracing::{debug, warn};
+use vdisk_engine::lend::{LentRead, Piece};
 
 /// What a request holds until its reply is sent: one of `max_in_flight`
 /// and its buffer's bytes out of `max_in_flight_bytes`.
 pub(crate) type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
-/// A complete reply: the first `len` bytes of a (reused) buffer.
+/// A complete reply: the first `len` bytes of a (reused) buffer, then the
+/// pieces of a lent read, if any (a READ's data the engine lent instead of
+/// copying into the buffer: see `vdisk_engine::lend`).
 pub(crate) struct Reply {
     bytes: Vec<u8>,
     len: usize,
-    /// Bytes already written.
+    /// Bytes of `bytes` already written.
     sent: usize,
+    tail: Option<LentRead>,
+    /// Pieces of `tail` fully written, and bytes written of the next one.
+    tail_done: usize,
+    tail_sent: usize,
     _permits: Option<Permits>,
 }
+
+/// Zeros to send a `Piece::Zeros` from, a slice at a time.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 impl Reply {
     pub(crate) fn new(bytes: Vec<u8>, len: usize, permits: Option<Permits>) -> Self {
@@ -61,12 +71,81 @@ impl Reply {
             bytes,
             len: range.end,
             sent: range.start,
+            tail: None,
+            tail_done: 0,
+            tail_sent: 0,
             _permits: permits,
         }
     }
 
-    fn rest(&self) -> &[u8] {
-        &self.bytes[self.sent..self.len]
+    /// The reply, followed by the pieces of `tail`.
+    pub(crate) fn with_tail(mut self, tail: Option<LentRead>) -> Self {
+        self.tail = tail;
+        self
+    }
+
+    /// Everything was written.
+    fn is_sent(&self) -> bool {
+        self.sent == self.len
+            && self
+                .tail
+                .as_ref()
+                .is_none_or(|t| self.tail_done == t.pieces().len())
+    }
+
+    /// Appends what is left to write, as slices, while `out` has fewer
+    /// than `max`; returns whether all of it went in (a caller adding the
+    /// next reply's slices after an incomplete one would send them out of
+    /// order).
+    fn slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>, max: usize) -> bool {
+        if self.sent < self.len {
+            if out.len() >= max {
+                return false;
+            }
+            out.push(IoSlice::new(&self.bytes[self.sent..self.len]));
+        }
+        let Some(tail) = &self.tail else { return true };
+        let mut skip = self.tail_sent;
+        for piece in &tail.pieces()[self.tail_done..] {
+            if out.len() >= max {
+                return false;
+            }
+            let bytes: &[u8] = match piece {
+                Piece::Lent(l) => &l.as_bytes()[skip..],
+                Piece::Copied(v) => &v[skip..],
+                Piece::Zeros(n) => &ZEROS[..(n - skip).min(ZEROS.len())],
+            };
+            out.push(IoSlice::new(bytes));
+            if bytes.len() < piece.len() - skip {
+                // A long run of zeros: its next slice once this is written.
+                return false;
+            }
+            skip = 0;
+        }
+        true
+    }
+
+    /// Marks `n` more bytes written; returns what is left of `n` past the
+    /// end of this reply.
+    fn advance(&mut self, mut n: usize) -> usize {
+        let take = n.min(self.len - self.sent);
+        self.sent += take;
+        n -= take;
+        if let Some(tail) = &self.tail {
+            let pieces = tail.pieces();
+            while n > 0 && self.tail_done < pieces.len() {
+                let left = pieces[self.tail_done].len() - self.tail_sent;
+                if n >= left {
+                    n -= left;
+                    self.tail_done += 1;
+                    self.tail_sent = 0;
+                } else {
+                    self.tail_sent += n;
+                    n = 0;
+                }
+            }
+        }
+        n
     }
 
     /// Sent: its buffer goes back to the spares, its permits are released.
@@ -226,7 +305,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink<W> {
                     return;
                 }
                 Err(e) => {
-                    debug!(error = %e, "cannot send replies; client gone");
+                    send_failed(&e);
                     st.broken = true;
                     let dropped = std::mem::take(&mut st.queue);
                     st.wr = Some(wr);
@@ -302,7 +381,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink<W> {
             let result = write_all(&mut wr, &mut batch).await;
             let mut st = self.lock();
             if let Err(e) = result {
-                debug!(error = %e, "cannot send replies; client gone");
+                send_failed(&e);
                 st.broken = true;
                 batch.append(&mut st.queue);
             } else if !st.queue.is_empty() {
@@ -315,6 +394,18 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink<W> {
             batch.drain(..).for_each(Reply::finish);
             return;
         }
+    }
+}
+
+/// Logs why replies could not be sent; the connection is closed either way.
+fn send_failed(e: &io::Error) {
+    if e.raw_os_error() == Some(libc::EFAULT) {
+        // The kernel could not read lent data (`vdisk_engine::lend`) for
+        // the socket: a disk error under a page not cached. Part of a
+        // READ reply may be out already, so no error reply can follow.
+        warn!(error = %e, "cannot read image data for a reply (disk error?); closing the connection");
+    } else {
+        debug!(error = %e, "cannot send replies; client gone");
     }
 }
 
@@ -350,33 +441,36 @@ fn poll_write_batch<W: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
     let mut done = 0;
+    let max = if wr.is_write_vectored() {
+        MAX_SLICES
+    } else {
+        1
+    };
     let result = loop {
-        while done < batch.len() && batch[done].rest().is_empty() {
+        while done < batch.len() && batch[done].is_sent() {
             done += 1;
         }
         if done == batch.len() {
             break Poll::Ready(Ok(()));
         }
-        let pending = &batch[done..];
-        let written = if pending.len() == 1 || !wr.is_write_vectored() {
-            Pin::new(&mut *wr).poll_write(cx, pending[0].rest())
+        let mut slices: Vec<IoSlice<'_>> = Vec::new();
+        for r in &batch[done..] {
+            if !r.slices(&mut slices, max) {
+                break;
+            }
+        }
+        let written = if slices.len() == 1 {
+            Pin::new(&mut *wr).poll_write(cx, &slices[0])
         } else {
-            let slices: Vec<IoSlice<'_>> = pending
-                .iter()
-                .take(MAX_SLICES)
-                .map(|r| IoSlice::new(r.rest()))
-                .collect();
             Pin::new(&mut *wr).poll_write_vectored(cx, &slices)
         };
+        drop(slices);
         match written {
             Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
             Poll::Ready(Ok(mut n)) => {
-                while n > 0 {
-                    let r = &mut batch[done];
-                    let take = n.min(r.len - r.sent);
-                    r.sent += take;
-                    n -= take;
-                    if r.sent == r.len {
+                while n > 0 && done < batch.len() {
+                    n = batch[done].advance(n);
+                    if batch[done].is_sent() {
                         done += 1;
                     }
                 }
@@ -395,12 +489,15 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    /// A socket that records what it is sent and can be "full".
+    /// A socket that records what it is sent and can be "full". Takes a
+    /// few bytes per write, or (`vectored`) up to 100 000 bytes from
+    /// several slices at once.
     #[derive(Clone, Default)]
     struct Socket {
         sent: Arc<Mutex<Vec<u8>>>,
         full: Arc<AtomicBool>,
         waker: Arc<Mutex<Option<Waker>>>,
+        vectored: bool,
     }
 
     impl Socket {
@@ -430,6 +527,33 @@ mod tests {
             let n = buf.len().min(3);
             self.sent.lock().unwrap().extend_from_slice(&buf[..n]);
             Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            if !self.vectored {
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+                return self.poll_write(cx, first);
+            }
+            if self.full.load(Ordering::SeqCst) {
+                *self.waker.lock().unwrap() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let mut left = 100_000;
+            let mut sent = self.sent.lock().unwrap();
+            for b in bufs {
+                let n = b.len().min(left);
+                sent.extend_from_slice(&b[..n]);
+                left -= n;
+            }
+            Poll::Ready(Ok(100_000 - left))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
         }
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -470,6 +594,46 @@ mod tests {
         assert_eq!(socket.sent(), b"one.two.three.");
         sink.close();
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn lent_pieces_follow_their_reply_in_order_through_a_full_socket() {
+        for vectored in [false, true] {
+            lent_pieces_in_order(Socket {
+                vectored,
+                ..Socket::default()
+            })
+            .await;
+        }
+    }
+
+    async fn lent_pieces_in_order(socket: Socket) {
+        let sink = Arc::new(Sink::new(socket.clone()));
+        let task = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.run().await }
+        });
+        // A run of zeros longer than the zero buffer, between copied bytes.
+        let zeros = ZEROS.len() * 2 + 5;
+        let tail = LentRead::detached(vec![
+            Piece::Copied(b"data:".to_vec()),
+            Piece::Zeros(zeros),
+            Piece::Copied(b":end".to_vec()),
+        ]);
+        sink.expect(false);
+        sink.expect(false);
+        sink.expect(false);
+        sink.send(reply(b"one."), false, false);
+        socket.full.store(true, Ordering::SeqCst);
+        sink.send(reply(b"hdr|").with_tail(Some(tail)), false, false);
+        sink.send(reply(b"|two."), false, false);
+        socket.drain();
+        sink.close();
+        task.await.unwrap();
+        let mut want = b"one.hdr|data:".to_vec();
+        want.resize(want.len() + zeros, 0);
+        want.extend_from_slice(b":end|two.");
+        assert!(socket.sent() == want, "replies interleaved or cut");
     }
 
     #[tokio::test]
