@@ -305,7 +305,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink<W> {
                     return;
                 }
                 Err(e) => {
-                    send_failed(&e);
+                    send_failed(&e, &mut wr);
                     st.broken = true;
                     let dropped = std::mem::take(&mut st.queue);
                     st.wr = Some(wr);
@@ -381,7 +381,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink<W> {
             let result = write_all(&mut wr, &mut batch).await;
             let mut st = self.lock();
             if let Err(e) = result {
-                send_failed(&e);
+                send_failed(&e, &mut wr);
                 st.broken = true;
                 batch.append(&mut st.queue);
             } else if !st.queue.is_empty() {
@@ -397,8 +397,13 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink<W> {
     }
 }
 
-/// Logs why replies could not be sent; the connection is closed either way.
-fn send_failed(e: &io::Error) {
+/// Logs why replies could not be sent, and shuts the socket's sending side
+/// down: the client, if still there, must not wait for replies that will
+/// never come (it sees the connection end, mid-reply if a lent read could
+/// not be sent, and its reader then ends the connection here too).
+fn send_failed<W: AsyncWrite + Unpin>(e: &io::Error, wr: &mut W) {
+    // A socket's shutdown does not wait: one poll does it.
+    let _ = Pin::new(wr).poll_shutdown(&mut Context::from_waker(Waker::noop()));
     if e.raw_os_error() == Some(libc::EFAULT) {
         // The kernel could not read lent data (`vdisk_engine::lend`) for
         // the socket: a disk error under a page not cached. Part of a
@@ -663,25 +668,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn after_a_write_error_replies_are_dropped() {
-        #[derive(Default)]
-        struct Gone;
-        impl AsyncWrite for Gone {
+    async fn after_a_write_error_replies_are_dropped_and_the_socket_shut() {
+        /// Fails every write (EFAULT, as when lent data cannot be read);
+        /// counts shutdowns.
+        #[derive(Default, Clone)]
+        struct Failing {
+            shutdowns: Arc<std::sync::atomic::AtomicUsize>,
+        }
+        impl AsyncWrite for Failing {
             fn poll_write(
                 self: Pin<&mut Self>,
                 _: &mut Context<'_>,
                 _: &[u8],
             ) -> Poll<io::Result<usize>> {
-                Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+                Poll::Ready(Err(io::Error::from_raw_os_error(libc::EFAULT)))
             }
             fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
                 Poll::Ready(Ok(()))
             }
             fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                self.shutdowns.fetch_add(1, Ordering::SeqCst);
                 Poll::Ready(Ok(()))
             }
         }
-        let sink = Arc::new(Sink::new(Gone));
+        let socket = Failing::default();
+        let sink = Arc::new(Sink::new(socket.clone()));
         let task = tokio::spawn({
             let sink = sink.clone();
             async move { sink.run().await }
@@ -690,6 +701,8 @@ mod tests {
             sink.expect(false);
         }
         sink.send(reply(b"one."), false, false);
+        // The client must not wait for replies that will never come.
+        assert_eq!(socket.shutdowns.load(Ordering::SeqCst), 1);
         sink.send(reply(b"two."), false, false);
         sink.close();
         task.await.unwrap();
