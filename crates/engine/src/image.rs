@@ -455,25 +455,45 @@ impl ImageState {
         buf: &mut [u8],
     ) -> Result<()> {
         let p = self.params();
+        self.for_objects(
+            &p,
+            is_head,
+            off,
+            buf.len(),
+            |objno, obj_off, range, cell| {
+                let piece = &mut buf[range];
+                match cell {
+                    None => self.read_below(view, false, &p, objno, obj_off, piece),
+                    Some(c) => self.read_object(&c.read(), view, &p, objno, obj_off, piece),
+                }
+            },
+        )
+    }
+
+    /// Calls `f(objno, obj_off, range, cell)` for each object that
+    /// `[off, off + len)` touches, in order: `range` is the part of the
+    /// caller's buffer it covers, `cell` the object's state (`None`: a
+    /// head's object with nothing stored, see [`ImageState::head_cell`]).
+    fn for_objects(
+        &self,
+        p: &IoParams,
+        is_head: bool,
+        off: u64,
+        len: usize,
+        mut f: impl FnMut(u64, u64, std::ops::Range<usize>, Option<Cell>) -> Result<()>,
+    ) -> Result<()> {
         let mut done = 0usize;
-        while done < buf.len() {
+        while done < len {
             let abs = off + done as u64;
             let objno = abs / p.obj_size;
             let obj_off = abs % p.obj_size;
-            let n = ((p.obj_size - obj_off) as usize).min(buf.len() - done);
-            let piece = &mut buf[done..done + n];
+            let n = ((p.obj_size - obj_off) as usize).min(len - done);
             let cell = if is_head {
-                self.head_cell(objno, &p)?
+                self.head_cell(objno, p)?
             } else {
-                Some(self.cell(objno, &p)?)
+                Some(self.cell(objno, p)?)
             };
-            match cell {
-                None => self.read_below(view, false, &p, objno, obj_off, piece)?,
-                Some(c) => {
-                    let m = c.read();
-                    self.read_object(&m, view, &p, objno, obj_off, piece)?;
-                }
-            }
+            f(objno, obj_off, done..done + n, cell)?;
             done += n;
         }
         Ok(())
@@ -511,57 +531,42 @@ impl ImageState {
         out: &mut LentRead,
     ) -> Result<()> {
         let p = self.params();
-        let mut done = 0usize;
-        while done < len {
-            let abs = off + done as u64;
-            let objno = abs / p.obj_size;
-            let obj_off = abs % p.obj_size;
-            let n = ((p.obj_size - obj_off) as usize).min(len - done);
-            let cell = if is_head {
-                self.head_cell(objno, &p)?
-            } else {
-                Some(self.cell(objno, &p)?)
+        self.for_objects(&p, is_head, off, len, |objno, obj_off, range, cell| {
+            let Some(c) = cell else {
+                let mut buf = vec![0; range.len()];
+                self.read_below(view, false, &p, objno, obj_off, &mut buf)?;
+                out.push(copied_or_zeros(buf));
+                return Ok(());
             };
-            match cell {
-                None => {
-                    let mut buf = vec![0; n];
-                    self.read_below(view, false, &p, objno, obj_off, &mut buf)?;
-                    out.push(copied_or_zeros(buf));
-                }
-                Some(c) => {
-                    let m = c.read();
-                    for_runs(&m, view, obj_off, n, |pos, range, src| {
-                        let len = range.len();
-                        match src {
-                            Source::Data(g) => {
-                                let name = self.name(objno, g);
-                                match self.data.lend(&name, pos, len)? {
-                                    Some(lent) => {
-                                        let short = len - lent.len();
-                                        out.push(Piece::Lent(lent));
-                                        out.push(Piece::Zeros(short));
-                                    }
-                                    None => {
-                                        let mut buf = vec![0; len];
-                                        self.data.read_at(&name, pos, &mut buf)?;
-                                        out.push(Piece::Copied(buf));
-                                    }
-                                }
+            let m = c.read();
+            for_runs(&m, view, obj_off, range.len(), |pos, run, src| {
+                let len = run.len();
+                match src {
+                    Source::Data(g) => {
+                        let name = self.name(objno, g);
+                        match self.data.lend(&name, pos, len)? {
+                            Some(lent) => {
+                                let short = len - lent.len();
+                                out.push(Piece::Lent(lent));
+                                out.push(Piece::Zeros(short));
                             }
-                            Source::Zero(_) => out.push(Piece::Zeros(len)),
-                            Source::Below => {
+                            None => {
                                 let mut buf = vec![0; len];
-                                self.read_below(view, m.copied_up, &p, objno, pos, &mut buf)?;
-                                out.push(copied_or_zeros(buf));
+                                self.data.read_at(&name, pos, &mut buf)?;
+                                out.push(Piece::Copied(buf));
                             }
                         }
-                        Ok(())
-                    })?;
+                    }
+                    Source::Zero(_) => out.push(Piece::Zeros(len)),
+                    Source::Below => {
+                        let mut buf = vec![0; len];
+                        self.read_below(view, m.copied_up, &p, objno, pos, &mut buf)?;
+                        out.push(copied_or_zeros(buf));
+                    }
                 }
-            }
-            done += n;
-        }
-        Ok(())
+                Ok(())
+            })
+        })
     }
 
     /// Waits (at most `limit`) for the lent reads in progress to end, before
