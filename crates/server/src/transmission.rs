@@ -13,7 +13,10 @@
 //!
 //! Every reply is built whole before it is sent, so replies of different
 //! requests never interleave on the wire and a READ that fails half-way
-//! sends an error, never part of its data. A request's permits (one of
+//! sends an error, never part of its data. (A large READ's data is lent
+//! by the engine and read by the kernel as it is sent, see [`LEND_MIN`];
+//! should that read fail, a disk error under an uncached page, the
+//! connection is closed instead.) A request's permits (one of
 //! `max_in_flight`, and its buffer's bytes out of `max_in_flight_bytes`)
 //! travel with its reply and are released once the reply is written: a
 //! client that does not read its replies stops being read from, instead of
