@@ -573,7 +573,7 @@ impl ImageState {
     /// data they may still send is queued for release; see [`crate::lend`].
     /// Past the limit it goes on: a reply still in a stalled client's socket
     /// must not hold a rollback or snapshot removal up for longer.
-    pub(crate) fn wait_for_lent_reads(&self, limit: Duration) {
+    fn wait_for_lent_reads(&self, limit: Duration) {
         let mark = self.lends.mark();
         if !self.lends.wait_before(mark, limit) {
             crate::trim::tracing_free_warn(&format!(
@@ -1652,16 +1652,30 @@ impl Image {
     }
 
     fn read_at_inner(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.in_view(offset, buf.len(), |view, is_head| {
+            self.st.read_view(view, is_head, offset, buf)
+        })
+    }
+
+    /// Runs `f(view, is_head)` for a read of `[offset, offset + len)`,
+    /// checked against this handle's size: a snapshot's view, or the
+    /// head's under the gate (so no barrier runs meanwhile).
+    fn in_view<T>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&View, bool) -> Result<T>,
+    ) -> Result<T> {
         match &self.snap {
             Some(s) => {
-                self.st.check_range(offset, buf.len() as u64, s.size)?;
-                self.st.read_view(&snap_view(s), false, offset, buf)
+                self.st.check_range(offset, len as u64, s.size)?;
+                f(&snap_view(s), false)
             }
             None => {
                 let _g = self.st.gate.read();
                 let p = self.st.params();
-                self.st.check_range(offset, buf.len() as u64, p.size)?;
-                self.st.read_view(&p.head, true, offset, buf)
+                self.st.check_range(offset, len as u64, p.size)?;
+                f(&p.head, true)
             }
         }
     }
@@ -1678,19 +1692,9 @@ impl Image {
         let start = std::time::Instant::now();
         // Entered before anything is resolved (see `LendBook::mark`).
         let mut out = LentRead::new(self.st.lends.begin());
-        let r = match &self.snap {
-            Some(s) => {
-                self.st.check_range(offset, len as u64, s.size)?;
-                self.st
-                    .lend_view(&snap_view(s), false, offset, len, &mut out)
-            }
-            None => {
-                let _g = self.st.gate.read();
-                let p = self.st.params();
-                self.st.check_range(offset, len as u64, p.size)?;
-                self.st.lend_view(&p.head, true, offset, len, &mut out)
-            }
-        };
+        let r = self.in_view(offset, len, |view, is_head| {
+            self.st.lend_view(view, is_head, offset, len, &mut out)
+        });
         self.st.io.record(start);
         r.map(|()| out)
     }
