@@ -6,7 +6,12 @@
 # sequential read/write at QD16, 4 KiB random read/write at QD16, time
 # based), *interleaved*: each repetition runs every job on every server
 # before the next repetition, so machine noise and drift fall on all
-# servers alike. Medians of REPS, then ratios vdisk / peer.
+# servers alike. Medians of REPS, then ratios vdisk / peer, then the CPU
+# each request cost (medians): the server process, the client (fio's own
+# account) and the kernel's interrupt and softirq time (TCP over loopback
+# is mostly processed there, on whichever side's CPU). Throughput moves
+# 10-20 % with this machine's load; CPU per request moves much less and
+# says which side a difference comes from.
 #
 # Usage: scripts/bench-nbd.sh [SERVERS...]
 #   servers: vdisk-tcp vdisk-unix, vdiskb-tcp vdiskb-unix (a second vdisk
@@ -90,9 +95,25 @@ if [ ${#peers[@]} -gt 0 ]; then
 fi
 
 common=(--ioengine=nbd --numjobs=1 --group_reporting --output-format=json)
+# The pid of a server, for its CPU time.
+pid_of() {
+  case "$1" in
+    vdisk-*) echo "$vpid" ;;
+    vdiskb-*) echo "$bpid" ;;
+    *) cat "${PEERS_NBD_DIR:-/tmp/vdisk-bench/nbd}/$1.pid" 2>/dev/null || echo 0 ;;
+  esac
+}
+# Clock ticks used by a process (user + system), and by the kernel's
+# interrupt and softirq work on all CPUs.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+irq_ticks() { awk '/^cpu /{print $7 + $8}' /proc/stat; }
 job() { # server name rw bs qd
+  local pid s0 i0
+  pid=$(pid_of "$1")
+  s0=$(ticks "$pid") i0=$(irq_ticks)
   fio --name="$2" "${common[@]}" --uri="$(uri_of "$1")" --rw="$3" --bs="$4" --iodepth="$5" \
       --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --output="$OUT/$1.$2.json"
+  echo "$(($(ticks "$pid") - s0)) $(($(irq_ticks) - i0)) $(getconf CLK_TCK)" >"$OUT/$1.$2.cpu"
 }
 
 echo "# prefill (one full 1 MiB write pass per server, so reads are of written data)"
@@ -118,7 +139,7 @@ for r in $(seq "$REPS"); do
   done
 done
 
-python3 - "$OUT" "$JOBS" $SERVERS <<'PY'
+RUNTIME=$RUNTIME RAMP=$RAMP python3 - "$OUT" "$JOBS" $SERVERS <<'PY'
 import glob, json, os, statistics, sys
 out, wanted, servers = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
 def load(p):
@@ -141,4 +162,37 @@ for v in [s for s in servers if s.startswith('vdisk')]:
     kind = v.split('-')[1]
     for peer in [s for s in servers if s != v and s.endswith(kind)]:
         print(f"{v} / {peer}: " + '  '.join(f"{job} {med[(job, v)] / med[(job, peer)]:.2f}" for job, _, _ in jobs))
+
+# CPU per request, in microseconds. fio's own CPU covers its measured
+# time; the server's and the interrupt time cover the whole fio run, ramp
+# included, so they are divided by the requests of that whole time
+# (rate x (runtime + ramp)), which assumes the ramp ran at the measured rate.
+span = float(os.environ['RUNTIME']) + float(os.environ['RAMP'])
+def cpu(p):
+    t = open(p).read()
+    j = json.loads(t[t.index('{'):])['jobs'][0]
+    d = j['read'] if j['read']['io_bytes'] else j['write']
+    iops = d['iops']
+    if not iops:
+        return None
+    client = (j['usr_cpu'] + j['sys_cpu']) / 100 / iops * 1e6
+    try:
+        srv, irq, hz = (float(x) for x in open(p[:-5] + '.cpu').read().split())
+    except (OSError, ValueError):
+        return None
+    per = 1e6 / hz / (iops * span)
+    return srv * per, client, irq * per
+print()
+print("CPU per request, microseconds (server / client / irq+softirq), medians:")
+print(f"{'job':<11}" + ''.join(f"{s:>20}" for s in servers))
+for job, _, _ in jobs:
+    row = []
+    for s in servers:
+        vals = [c for c in (cpu(p) for p in sorted(glob.glob(os.path.join(out, f"{s}.{job}.*.json")))) if c]
+        if vals:
+            meds = [statistics.median(v[i] for v in vals) for i in range(3)]
+            row.append(f"{'/'.join(f'{m:.1f}' if m < 20 else f'{m:.0f}' for m in meds):>20}")
+        else:
+            row.append(f"{'-':>20}")
+    print(f"{job:<11}" + ''.join(row))
 PY
