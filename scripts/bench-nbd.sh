@@ -21,7 +21,8 @@
 # Env: REPS (5), RUNTIME (10 s), RAMP (1 s), QD (16), SEQ_QD (16),
 #      NBD_SIZE (2G), BENCH_DIR (/var/tmp), OUTDIR (/tmp/vdisk-bench/nbd-interleaved),
 #      JOBS (which jobs, default "seq-read seq-write rand-read rand-write"),
-#      VDISK_B (path of the second vdisk binary for vdiskb-*)
+#      VDISK_B (path of the second vdisk binary for vdiskb-*),
+#      SYNC_BETWEEN (1: `sync` after every job, outside its time; 0: not)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED_BENCH:-$(cd ../shared/bench && pwd)}
@@ -32,6 +33,7 @@ RUNTIME=${RUNTIME:-10}
 RAMP=${RAMP:-1}
 QD=${QD:-16}
 SEQ_QD=${SEQ_QD:-16}
+SYNC_BETWEEN=${SYNC_BETWEEN:-1}
 OUT=${OUTDIR:-/tmp/vdisk-bench/nbd-interleaved}
 command -v fio >/dev/null || { echo "fio not installed (apt-get install -y fio)" >&2; exit 1; }
 cargo build --release --quiet --bin vdisk
@@ -114,6 +116,12 @@ job() { # server name rw bs qd
   fio --name="$2" "${common[@]}" --uri="$(uri_of "$1")" --rw="$3" --bs="$4" --iodepth="$5" \
       --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --output="$OUT/$1.$2.json"
   echo "$(($(ticks "$pid") - s0)) $(($(irq_ticks) - i0)) $(getconf CLK_TCK)" >"$OUT/$1.$2.cpu"
+  # The pages this job dirtied are written back before the next job, so
+  # their writeback does not run during another server's job: vdisk
+  # flushes when a client disconnects, the peers leave it to the kernel,
+  # and either would otherwise slow whichever server comes next.
+  [ "$SYNC_BETWEEN" = 1 ] && sync
+  return 0
 }
 
 echo "# prefill (one full 1 MiB write pass per server, so reads are of written data)"
