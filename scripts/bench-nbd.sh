@@ -150,10 +150,13 @@ done
 RUNTIME=$RUNTIME RAMP=$RAMP python3 - "$OUT" "$JOBS" $SERVERS <<'PY'
 import glob, json, os, statistics, sys
 out, wanted, servers = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
-def load(p):
+def fio_job(p):
+    """fio's job and the direction it moved data in."""
     t = open(p).read()
     j = json.loads(t[t.index('{'):])['jobs'][0]
-    d = j['read'] if j['read']['io_bytes'] else j['write']
+    return j, (j['read'] if j['read']['io_bytes'] else j['write'])
+def load(p):
+    _, d = fio_job(p)
     return d['bw'] / 1024.0, d['iops']
 jobs = [('seq-read', 0, 'MiB/s'), ('seq-write', 0, 'MiB/s'), ('rand-read', 1, 'IOPS'), ('rand-write', 1, 'IOPS')]
 jobs = [j for j in jobs if j[0] in wanted]
@@ -177,9 +180,7 @@ for v in [s for s in servers if s.startswith('vdisk')]:
 # (rate x (runtime + ramp)), which assumes the ramp ran at the measured rate.
 span = float(os.environ['RUNTIME']) + float(os.environ['RAMP'])
 def cpu(p):
-    t = open(p).read()
-    j = json.loads(t[t.index('{'):])['jobs'][0]
-    d = j['read'] if j['read']['io_bytes'] else j['write']
+    j, d = fio_job(p)
     iops = d['iops']
     if not iops:
         return None
