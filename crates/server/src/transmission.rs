@@ -871,16 +871,22 @@ enum Read {
     Lent(usize, LentRead),
 }
 
-/// A header and the data of `len` bytes at `offset`, lent by the engine.
-fn lent(
+/// A reply of `header` then the `len` bytes at `offset`: lent by the
+/// engine from [`LEND_MIN`] on, else read straight into place.
+fn with_data(
     s: &Session,
     header: &[u8],
     offset: u64,
     len: usize,
     out: &mut Vec<u8>,
 ) -> Result<Read, ReadFailure> {
-    let data = s.image.read_lent(offset, len)?;
-    Ok(Read::Lent(put_front(out, header), data))
+    if len >= LEND_MIN {
+        let data = s.image.read_lent(offset, len)?;
+        return Ok(Read::Lent(put_front(out, header), data));
+    }
+    let (start, data, end) = place(out, header, len);
+    s.image.read_at(offset, &mut out[data..end])?;
+    Ok(Read::Copied(start, end))
 }
 
 /// The reply laid out as `header` then `len` bytes of data, read straight
@@ -897,13 +903,7 @@ fn place(out: &mut Vec<u8>, header: &[u8], len: usize) -> (usize, usize, usize) 
 /// Simple reply: header, then the data, read straight into place.
 fn read_simple(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Result<Read, ReadFailure> {
     let header = simple_reply_header(req.cookie, None);
-    let len = req.length as usize;
-    if len >= LEND_MIN {
-        return lent(s, &header, req.offset, len, out);
-    }
-    let (start, data, end) = place(out, &header, len);
-    s.image.read_at(req.offset, &mut out[data..end])?;
-    Ok(Read::Copied(start, end))
+    with_data(s, &header, req.offset, req.length as usize, out)
 }
 
 /// Structured reply: OFFSET_HOLE chunks for what the engine knows reads as
@@ -918,12 +918,7 @@ fn read_chunks(s: &Session, req: &RequestHeader, out: &mut Vec<u8>) -> Result<Re
     }
     let one_chunk = |out: &mut Vec<u8>| -> Result<Read, ReadFailure> {
         let header = offset_data_header(cookie, req.offset, len as usize, true)?;
-        if len as usize >= LEND_MIN {
-            return lent(s, &header, req.offset, len as usize, out);
-        }
-        let (start, data, end) = place(out, &header, len as usize);
-        s.image.read_at(req.offset, &mut out[data..end])?;
-        Ok(Read::Copied(start, end))
+        with_data(s, &header, req.offset, len as usize, out)
     };
     if req.flags.contains(CommandFlags::DF) || len < HOLE_DETECTION_MIN {
         return one_chunk(out);
