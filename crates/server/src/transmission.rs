@@ -584,6 +584,9 @@ struct Input<R> {
     /// `buf[start..end]` is read and not consumed yet.
     start: usize,
     end: usize,
+    /// The last payload was read straight into its own buffer: read only
+    /// the next header, not the start of the next payload too.
+    after_large: bool,
 }
 
 impl<R: AsyncRead + Unpin> Input<R> {
@@ -597,6 +600,7 @@ impl<R: AsyncRead + Unpin> Input<R> {
             buf,
             start: 0,
             end,
+            after_large: false,
         }
     }
 
@@ -605,8 +609,15 @@ impl<R: AsyncRead + Unpin> Input<R> {
     }
 
     /// Reads into the free end of the buffer, moving what is buffered to
-    /// the front first if less than `room` bytes are free.
+    /// the front first if less than `room` bytes are free. Right after a
+    /// large payload, reads only up to the end of the next header (see
+    /// [`Input::read_exact`]).
     async fn fill(&mut self, room: usize) -> io::Result<usize> {
+        let limit = if std::mem::take(&mut self.after_large) {
+            REQUEST_HEADER_LEN.saturating_sub(self.buffered()).max(1)
+        } else {
+            usize::MAX
+        };
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -615,7 +626,8 @@ impl<R: AsyncRead + Unpin> Input<R> {
             self.end -= self.start;
             self.start = 0;
         }
-        self.rd.read(&mut self.buf[self.end..]).await
+        let to = self.buf.len().min(self.end.saturating_add(limit));
+        self.rd.read(&mut self.buf[self.end..to]).await
     }
 
     /// The next request header. Waits for it unless the server stops.
@@ -654,6 +666,7 @@ impl<R: AsyncRead + Unpin> Input<R> {
             // The buffer is empty here.
             if out.len() - done >= self.buf.len() / 2 {
                 self.rd.read_exact(&mut out[done..]).await?;
+                self.after_large = true;
                 return Ok(());
             }
             match self.fill(0).await? {
@@ -1165,6 +1178,81 @@ mod tests {
         assert_eq!(names.lock().unwrap()[0].as_deref(), Some("vdisk-copy"));
         // Its time is not the reader's: nothing is sent to the pool.
         assert_eq!(inline.backoff, 0);
+    }
+
+    /// Serves `data`, at most what each read asks for, and records how
+    /// much each read asked for.
+    struct Recorded {
+        data: Vec<u8>,
+        at: usize,
+        asked: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl AsyncRead for Recorded {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            self.asked.lock().unwrap().push(buf.remaining());
+            let n = buf.remaining().min(self.data.len() - self.at);
+            buf.put_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn after_a_large_payload_only_the_next_header_is_read() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        // Header, 1 MiB payload, header, 1 MiB payload, header, 4 KiB.
+        let large = 1usize << 20;
+        let mut data = Vec::new();
+        for (i, len) in [large, large, 4096].into_iter().enumerate() {
+            data.extend_from_slice(&[i as u8; REQUEST_HEADER_LEN]);
+            data.extend(std::iter::repeat_n(0xa0 + i as u8, len));
+        }
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let mut input = Input::new(
+            Recorded {
+                data,
+                at: 0,
+                asked: asked.clone(),
+            },
+            Vec::new(),
+        );
+        let (_tx, mut stop) = watch::channel(false);
+        rt.block_on(async {
+            let mut payload = vec![0u8; large];
+            for i in 0..2u8 {
+                let header = input.header(&mut stop).await.expect("header");
+                assert_eq!(header, [i; REQUEST_HEADER_LEN]);
+                input.read_exact(&mut payload).await.expect("payload");
+                assert!(payload.iter().all(|&b| b == 0xa0 + i), "payload {i}");
+            }
+            let header = input.header(&mut stop).await.expect("header");
+            assert_eq!(header, [2; REQUEST_HEADER_LEN]);
+            let mut small = vec![0u8; 4096];
+            input.read_exact(&mut small).await.expect("small payload");
+            assert!(small.iter().all(|&b| b == 0xa2));
+        });
+        let asked = asked.lock().unwrap().clone();
+        // The first read fills the buffer (header and the payload's start);
+        // each read right after a payload read straight into its buffer
+        // asks for one header only.
+        assert_eq!(asked[0], INPUT_BUFFER);
+        let after: Vec<usize> = asked
+            .windows(2)
+            .filter(|w| w[0] >= INPUT_BUFFER / 2 && w[0] != INPUT_BUFFER)
+            .map(|w| w[1])
+            .collect();
+        assert_eq!(
+            after,
+            [REQUEST_HEADER_LEN, REQUEST_HEADER_LEN],
+            "reads: {asked:?}"
+        );
     }
 
     #[test]
