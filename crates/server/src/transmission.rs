@@ -449,8 +449,7 @@ impl Inline {
             // after it (here, or on the pool if this one is slow).
             let more = jobs.peek().is_some();
             let start = Instant::now();
-            // `run` answers the client even if the engine panics.
-            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(more)));
+            job.run_caught(more);
             if start.elapsed() >= INLINE_SLOW {
                 self.backoff = INLINE_BACKOFF;
             }

@@ -24,7 +24,6 @@
 
 use super::pool::Job;
 use std::collections::VecDeque;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use tracing::error;
 
@@ -101,7 +100,7 @@ impl Copiers {
                 error!(error = %e, "cannot start a copy thread; running the write on the reader");
                 let job = lock(&self.shared.queue).jobs.pop_back();
                 if let Some(job) = job {
-                    run(job);
+                    job.run_caught(false);
                 }
             }
             Err(e) => error!(error = %e, "cannot start another copy thread"),
@@ -122,7 +121,7 @@ impl Shared {
         loop {
             if let Some(job) = q.jobs.pop_front() {
                 drop(q);
-                run(job);
+                job.run_caught(false);
                 q = lock(&self.queue);
                 continue;
             }
@@ -134,11 +133,6 @@ impl Shared {
             q.idle -= 1;
         }
     }
-}
-
-fn run(job: Job) {
-    // `run` answers the client even if the engine panics.
-    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(false)));
 }
 
 #[cfg(test)]

@@ -89,6 +89,16 @@ pub(crate) struct Job {
     pub run: Box<dyn FnOnce(bool) + Send + 'static>,
 }
 
+impl Job {
+    /// Runs it (`more` as for [`Job::run`]). `run` answers the client even
+    /// if the engine panics; this catch only keeps a panic that escapes it
+    /// from taking the calling thread down.
+    pub(crate) fn run_caught(self, more: bool) {
+        let run = self.run;
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(more)));
+    }
+}
+
 /// The process-wide pool.
 pub(crate) fn workers() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
@@ -237,10 +247,9 @@ impl Pool {
                     st = self.add_worker(st);
                 }
                 drop(st);
-                // Jobs catch their own panics (to answer the client);
-                // this only keeps the thread count right if one does not.
-                let (run, bytes) = (job.run, job.bytes);
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(more)));
+                // Caught, the thread count stays right.
+                let bytes = job.bytes;
+                job.run_caught(more);
                 let end = Instant::now();
                 let copying = Duration::from_nanos((f64::from(bytes) * NS_PER_BYTE) as u64);
                 let slow = end.duration_since(start) >= SLOW_JOB + copying;

@@ -592,14 +592,22 @@ mod tests {
         Reply::new(buf, bytes.len(), None)
     }
 
-    #[tokio::test]
-    async fn a_held_back_reply_goes_out_with_the_last_one() {
-        let socket = Socket::default();
-        let sink = Arc::new(Sink::new(socket.clone()));
+    /// A sink on `socket` and its writer task, running.
+    fn started<S: AsyncWrite + Unpin + Send + 'static>(
+        socket: S,
+    ) -> (Arc<Sink<S>>, tokio::task::JoinHandle<()>) {
+        let sink = Arc::new(Sink::new(socket));
         let task = tokio::spawn({
             let sink = sink.clone();
             async move { sink.run().await }
         });
+        (sink, task)
+    }
+
+    #[tokio::test]
+    async fn a_held_back_reply_goes_out_with_the_last_one() {
+        let socket = Socket::default();
+        let (sink, task) = started(socket.clone());
         sink.expect(true);
         sink.expect(true);
         sink.expect(false);
@@ -628,11 +636,7 @@ mod tests {
     }
 
     async fn lent_pieces_in_order(socket: Socket) {
-        let sink = Arc::new(Sink::new(socket.clone()));
-        let task = tokio::spawn({
-            let sink = sink.clone();
-            async move { sink.run().await }
-        });
+        let (sink, task) = started(socket.clone());
         // A run of zeros longer than the zero buffer, between copied bytes.
         let zeros = ZEROS.len() * 2 + 5;
         let tail = LentRead::detached(vec![
@@ -659,11 +663,7 @@ mod tests {
     #[tokio::test]
     async fn lent_data_is_sent_by_the_writer_task() {
         let socket = Socket::default();
-        let sink = Arc::new(Sink::new(socket.clone()));
-        let task = tokio::spawn({
-            let sink = sink.clone();
-            async move { sink.run().await }
-        });
+        let (sink, task) = started(socket.clone());
         sink.expect(false);
         sink.expect(false);
         let tail = LentRead::detached(vec![Piece::Copied(b"data".to_vec())]);
@@ -682,11 +682,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_socket_hands_over_to_the_writer_task() {
         let socket = Socket::default();
-        let sink = Arc::new(Sink::new(socket.clone()));
-        let task = tokio::spawn({
-            let sink = sink.clone();
-            async move { sink.run().await }
-        });
+        let (sink, task) = started(socket.clone());
         socket.full.store(true, Ordering::SeqCst);
         for _ in 0..3 {
             sink.expect(false);
@@ -730,11 +726,7 @@ mod tests {
             }
         }
         let socket = Failing::default();
-        let sink = Arc::new(Sink::new(socket.clone()));
-        let task = tokio::spawn({
-            let sink = sink.clone();
-            async move { sink.run().await }
-        });
+        let (sink, task) = started(socket.clone());
         for _ in 0..2 {
             sink.expect(false);
         }
