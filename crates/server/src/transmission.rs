@@ -408,7 +408,7 @@ impl Inline {
         Self {
             enabled,
             image,
-            copiers: copiers::Copiers::new(copiers::COPIERS),
+            copiers: copiers::Copiers::new(copiers::COPIERS, copiers::budget().clone()),
             backoff: 0,
             here: Vec::new(),
             queued: Vec::new(),
@@ -427,7 +427,10 @@ impl Inline {
         }
         for job in jobs.drain(..) {
             if job.may_inline && !job.quick {
-                self.copiers.submit(job);
+                // Handed back when the process has no copy thread to spare.
+                if let Some(job) = self.copiers.submit(job) {
+                    self.queued.push(job);
+                }
             } else if job.may_inline && self.backoff == 0 {
                 self.here.push(job);
             } else {
