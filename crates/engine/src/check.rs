@@ -152,6 +152,7 @@ impl Store {
                     for (o, g) in set {
                         data.remove(&crate::object_name(*img, *o, *g))?;
                     }
+                    data.prune(&crate::image::object_prefix(*img))?;
                     rep.repaired
                         .push(format!("{}: removed data of image id {img:x}", p.name));
                 }

@@ -590,9 +590,11 @@ impl Store {
         // Data goes after the metadata: a crash in between leaves orphan
         // objects that `check --repair` removes, never a record without data.
         let data = self.shared.pool_data(&pool)?;
-        for name in data.list(&crate::image::object_prefix(id))? {
+        let prefix = crate::image::object_prefix(id);
+        for name in data.list(&prefix)? {
             data.remove(&name)?;
         }
+        data.prune(&prefix)?;
         data.sync()?;
         Ok(())
     }

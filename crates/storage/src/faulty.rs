@@ -178,6 +178,11 @@ impl ObjectStore for FaultyObjectStore {
         self.inner.list(prefix)
     }
 
+    fn prune(&self, prefix: &str) -> Result<()> {
+        self.faults.begin("prune", prefix)?;
+        self.inner.prune(prefix)
+    }
+
     fn allocated(&self, name: &str) -> Result<u64> {
         self.faults.begin("allocated", name)?;
         self.inner.allocated(name)

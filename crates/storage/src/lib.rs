@@ -161,6 +161,18 @@ pub trait ObjectStore: Send + Sync + Debug {
     /// Names of the existing objects whose name starts with `prefix`, sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
 
+    /// Drops what the store keeps for the name prefix `prefix` (ending in
+    /// `/`) once no object under it exists any more: the local store's
+    /// directory. A prefix that still has objects, or has nothing to drop,
+    /// is left alone without error. The caller makes sure no object under
+    /// the prefix is being written meanwhile (the engine calls this after
+    /// removing an image's last object). Durable only after a later
+    /// [`ObjectStore::sync`]. The default does nothing.
+    fn prune(&self, prefix: &str) -> Result<()> {
+        let _ = prefix;
+        Ok(())
+    }
+
     /// Bytes of storage the object occupies (0 for a missing object). Used for
     /// reports and consistency checks only.
     fn allocated(&self, name: &str) -> Result<u64>;

@@ -426,6 +426,30 @@ impl ObjectStore for LocalObjectStore {
         }
     }
 
+    fn prune(&self, prefix: &str) -> Result<()> {
+        let Some(dir) = prefix.strip_suffix('/') else {
+            return Err(StorageError::InvalidName(prefix.to_owned()));
+        };
+        validate_name(dir)?;
+        let path = self.root.join(dir);
+        match fs::remove_dir(&path) {
+            Ok(()) => {
+                let parent = dir.rsplit_once('/').map_or("", |(d, _)| d);
+                self.dirty_dirs.lock().insert(parent.to_owned());
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::NotFound | ErrorKind::DirectoryNotEmpty | ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(StorageError::io(path.display().to_string(), e)),
+        }
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         self.walk("", prefix, &mut out)?;

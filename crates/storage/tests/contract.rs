@@ -309,6 +309,36 @@ fn local_punch_releases_space() {
 }
 
 #[test]
+fn local_prune_drops_only_empty_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalObjectStore::open(dir.path()).unwrap();
+    store.write_at("img1/a/o", 0, b"x").unwrap();
+    store.write_at("img2/o", 0, b"y").unwrap();
+    // Still holding objects: left alone.
+    store.prune("img2/").unwrap();
+    store.prune("img1/a/").unwrap();
+    assert_eq!(store.list("").unwrap(), ["img1/a/o", "img2/o"]);
+    store.remove("img2/o").unwrap();
+    store.prune("img2/").unwrap();
+    store.sync().unwrap();
+    assert!(!dir.path().join("img2").exists(), "empty directory kept");
+    // Nothing there, twice: not an error.
+    store.prune("img2/").unwrap();
+    store.prune("never/").unwrap();
+    // Only whole, valid prefixes.
+    for bad in ["img1", "../x/", "/", "a//"] {
+        assert!(
+            matches!(store.prune(bad), Err(StorageError::InvalidName(_))),
+            "{bad:?} accepted"
+        );
+    }
+    // A pruned prefix takes objects again.
+    store.write_at("img2/p", 0, b"z").unwrap();
+    assert_eq!(read(&store, "img2/p", 0, 1), b"z");
+    assert!(dir.path().join("img1/a/o").exists());
+}
+
+#[test]
 fn mem_allocated_counts_pages() {
     let s = MemObjectStore::new();
     s.write_at("o", 4095, b"ab").unwrap(); // touches pages 0 and 1

@@ -137,9 +137,23 @@ fn remove_and_rename() {
     e.refused(&["rename", "nope", "x"], NOT_FOUND, "does not exist");
     e.refused(&["rename", "a3", "a/b/c"], USAGE, "more than one '/'");
     e.refused(&["rename", "a3", "x@s"], USAGE, "snapshot is not allowed");
+    e.write("a3", 0, &[7; 4096]);
+    e.write("b", 512 << 10, &[8; 4096]);
+    let data = e.store_dir().join("pools").join("rbd");
+    let dirs = || {
+        let mut names: Vec<String> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|d| d.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(dirs().len(), 2, "one data directory per written image");
     e.ok(&["rm", "a3"]);
+    assert_eq!(dirs().len(), 1, "rm left its image's directory behind");
     e.ok(&["remove", "rbd/b"]);
     assert_eq!(e.ok(&["ls"]), "");
+    assert_eq!(dirs(), Vec::<String>::new());
     e.refused(&["rm", "b"], NOT_FOUND, "image rbd/b does not exist");
 }
 

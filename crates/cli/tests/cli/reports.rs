@@ -190,12 +190,17 @@ fn check_repair_removes_orphans() {
     let real = find_file(&pool_dir).expect("a data object");
     let orphan = real.with_file_name("000000000007.1");
     std::fs::copy(&real, &orphan).unwrap();
+    // And the data of an image whose removal never got to its data.
+    let gone_dir = pool_dir.join("000000ff");
+    std::fs::create_dir(&gone_dir).unwrap();
+    std::fs::copy(&real, gone_dir.join("000000000000.1")).unwrap();
     let j = e.json(&["check"]);
     assert!(!j["warnings"].as_array().unwrap().is_empty(), "{j}");
     let j = e.json(&["check", "--repair"]);
     assert!(!j["repaired"].as_array().unwrap().is_empty(), "{j}");
     assert_eq!(j["remaining_errors"], serde_json::json!([]));
     assert!(!orphan.exists());
+    assert!(!gone_dir.exists(), "the removed image's directory was kept");
     assert_eq!(e.json(&["check"])["warnings"], serde_json::json!([]));
     assert_eq!(e.read_all("img")[..MIB], random_data(MIB, 71)[..]);
 }
