@@ -90,6 +90,29 @@ const INLINE_WRITE_MAX: u32 = 4 << 20;
 /// straight into their own buffer.
 const INPUT_BUFFER: usize = 128 * 1024;
 
+/// The server's I/O threads now, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Threads {
+    /// Engine workers alive (`pool`), and their most.
+    pub engine: usize,
+    pub engine_max: usize,
+    /// Copy threads running, all connections together (`copiers`), and
+    /// their most.
+    pub copy: usize,
+    pub copy_max: usize,
+}
+
+pub(crate) fn threads() -> Threads {
+    let (engine, engine_max) = pool::workers().threads();
+    let budget = copiers::budget();
+    Threads {
+        engine,
+        engine_max,
+        copy: budget.live(),
+        copy_max: budget.max(),
+    }
+}
+
 /// How a connection's transmission phase ended.
 #[derive(Debug)]
 pub(crate) enum End {

@@ -615,6 +615,18 @@ fn files_metadata_and_the_api_itself() {
         assert!(metrics.contains("vdisk_nbd_sent_bytes_total{export=\"rbd/img\"}"));
     }
     assert!(metrics.contains("vdisk_api_requests_total"));
+    // The I/O threads, with their limits.
+    let gauge = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .parse()
+            .expect("a number")
+    };
+    assert!(gauge("vdisk_copy_threads") <= gauge("vdisk_copy_threads_max"));
+    assert!(gauge("vdisk_copy_threads_max") >= 4);
+    assert!(gauge("vdisk_engine_workers") <= gauge("vdisk_engine_workers_max"));
     d.stop();
 }
 

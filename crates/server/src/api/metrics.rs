@@ -12,7 +12,9 @@
 //!   (fixed buckets, 50 µs to 10 s).
 //!
 //! Per-op series appear once the op has been seen on the export.
-//! Daemon-wide: `vdisk_jobs{state}`, `vdisk_api_requests_total`.
+//! Daemon-wide: `vdisk_jobs{state}`, `vdisk_api_requests_total`, and the
+//! I/O threads: `vdisk_engine_workers`, `vdisk_copy_threads` and their
+//! `_max` (gauges).
 
 use crate::api::types::JobState;
 use crate::registry::{ExportStats, Op, Registry, LATENCY_BUCKETS};
@@ -171,7 +173,38 @@ pub(crate) fn render(registry: &Registry) -> String {
         "Requests to the management API.",
     );
     let _ = writeln!(out, "vdisk_api_requests_total {}", registry.api_requests());
+    threads(&mut out, crate::transmission::threads());
     out
+}
+
+/// The I/O threads, all exports together: how busy the server is, and
+/// how close to its limits.
+fn threads(out: &mut String, t: crate::transmission::Threads) {
+    for (name, help, value) in [
+        (
+            "vdisk_engine_workers",
+            "Engine worker threads alive (shared by every connection; idle ones end after 10 s).",
+            t.engine,
+        ),
+        (
+            "vdisk_engine_workers_max",
+            "Most engine worker threads.",
+            t.engine_max,
+        ),
+        (
+            "vdisk_copy_threads",
+            "Threads copying large WRITE payloads, all connections together.",
+            t.copy,
+        ),
+        (
+            "vdisk_copy_threads_max",
+            "Most copy threads (8 per CPU); beyond it large writes go to the engine workers.",
+            t.copy_max,
+        ),
+    ] {
+        header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +251,12 @@ mod tests {
             "vdisk_nbd_request_duration_seconds_count{export=\"rbd/a\\\"b\",op=\"read\"} 2"
         ));
         assert!(!text.contains("op=\"write\""), "unseen ops are left out");
+        let t = crate::transmission::threads();
+        assert!(
+            text.contains(&format!("vdisk_copy_threads_max {}\n", t.copy_max)),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE vdisk_engine_workers gauge\nvdisk_engine_workers "));
         // Every line is a comment or `name{labels} value`.
         for line in text.lines() {
             assert!(

@@ -75,9 +75,13 @@ impl Budget {
     }
 
     /// Copy threads running now.
-    #[cfg(test)]
     pub(crate) fn live(&self) -> usize {
         self.live.load(Ordering::Acquire)
+    }
+
+    /// The most that may run.
+    pub(crate) fn max(&self) -> usize {
+        self.max
     }
 }
 

@@ -182,6 +182,11 @@ impl Pool {
         }
     }
 
+    /// Threads alive (busy, idle or watching) and the most there may be.
+    pub(crate) fn threads(&self) -> (usize, usize) {
+        (lock(&self.state).threads, self.max)
+    }
+
     /// Queues `jobs` (leaving the vector empty); wakes or starts a worker
     /// if no awake one will take them soon enough.
     pub(crate) fn submit(&'static self, jobs: &mut Vec<Job>) {
