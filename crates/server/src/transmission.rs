@@ -91,7 +91,7 @@ const INLINE_WRITE_MAX: u32 = 4 << 20;
 const INPUT_BUFFER: usize = 128 * 1024;
 
 /// The server's I/O threads now, for `/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Threads {
     /// Engine workers alive (`pool`), and their most.
     pub engine: usize,

@@ -334,8 +334,7 @@ impl ObjectStore for LocalObjectStore {
         }
         match result {
             Ok(()) => {
-                let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
-                self.dirty_dirs.lock().insert(dir.to_owned());
+                self.dirty_dirs.lock().insert(parent(name).to_owned());
                 Ok(())
             }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -400,10 +399,7 @@ impl ObjectStore for LocalObjectStore {
         // directories (for removals and creations). They stay in the dirty
         // sets: a later `sync` fsyncs them again, harmlessly.
         self.sync_files(names)?;
-        let dirs: HashSet<&str> = names
-            .iter()
-            .map(|n| n.rsplit_once('/').map_or("", |(d, _)| d))
-            .collect();
+        let dirs: HashSet<&str> = names.iter().map(|n| parent(n)).collect();
         for dir in dirs {
             let path = self.root.join(dir);
             match sync_dir(&path) {
@@ -434,8 +430,7 @@ impl ObjectStore for LocalObjectStore {
         let path = self.root.join(dir);
         match fs::remove_dir(&path) {
             Ok(()) => {
-                let parent = dir.rsplit_once('/').map_or("", |(d, _)| d);
-                self.dirty_dirs.lock().insert(parent.to_owned());
+                self.dirty_dirs.lock().insert(parent(dir).to_owned());
                 Ok(())
             }
             Err(e)
@@ -497,6 +492,12 @@ fn open_rw(path: &Path, create: bool) -> io::Result<File> {
         .create(create)
         .truncate(false)
         .open(path)
+}
+
+/// The directory holding `name`, relative to the root (`""` = the root):
+/// the one to fsync after `name` is created or removed.
+fn parent(name: &str) -> &str {
+    name.rsplit_once('/').map_or("", |(d, _)| d)
 }
 
 /// fsyncs a directory, making the creation and removal of its entries durable.

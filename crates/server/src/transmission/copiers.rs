@@ -13,10 +13,11 @@
 //!
 //! Here, as in nbdkit (which runs 16 threads per connection, each reading,
 //! writing and answering one request), several threads per connection copy
-//! at once: one large write per thread, up to [`COPIERS`], started on the
-//! connection's first large write and ended with the connection. A job is
-//! one queue push; a thread is woken only if one is waiting, and a thread
-//! that finishes a job takes the next one without sleeping.
+//! at once: one large write per thread, up to [`COPIERS`], started as its
+//! large writes need them and ended with the connection or after
+//! [`IDLE_EXIT`] without a job. A job is one queue push; a thread is woken
+//! only if one is waiting, and a thread that finishes a job takes the next
+//! one without sleeping.
 //!
 //! A job never waits for the client (replies are sent without blocking,
 //! see `sink`), so dropping the handle lets the threads finish what is
@@ -264,6 +265,14 @@ mod tests {
         }
     }
 
+    /// A job that counts itself done in `done`.
+    fn counted(done: &Arc<AtomicUsize>) -> Job {
+        let done = done.clone();
+        job(move || {
+            done.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+
     /// Longer than any test: threads do not end on their own meanwhile.
     const LONG: Duration = Duration::from_secs(600);
 
@@ -307,17 +316,16 @@ mod tests {
             .unwrap()
             .iter()
             .all(|n| n.as_deref() == Some("vdisk-copy")));
-        // Idle threads are woken, not added to.
-        let done2 = done.clone();
-        assert!(c
-            .submit(job(move || {
-                done2.fetch_add(1, Ordering::SeqCst);
-            }))
-            .is_none());
-        wait_for("job after idle never ran", || {
-            done.load(Ordering::SeqCst) == 7
-        });
-        assert_eq!(c.threads(), 3);
+        // Idle threads are woken, not added to (below the most, too).
+        let mut c = Copiers::with_idle_exit(3, Arc::new(Budget::new(8)), LONG);
+        let done = Arc::new(AtomicUsize::new(0));
+        for n in 1..=3 {
+            assert!(c.submit(counted(&done)).is_none());
+            wait_for("job after idle never ran", || {
+                done.load(Ordering::SeqCst) == n
+            });
+            assert_eq!(c.threads(), 1);
+        }
     }
 
     #[test]
@@ -342,12 +350,7 @@ mod tests {
         let mut c = Copiers::with_idle_exit(1, Arc::new(Budget::new(8)), LONG);
         assert!(c.submit(job(|| panic!("engine bug"))).is_none());
         let done = Arc::new(AtomicUsize::new(0));
-        let d = done.clone();
-        assert!(c
-            .submit(job(move || {
-                d.fetch_add(1, Ordering::SeqCst);
-            }))
-            .is_none());
+        assert!(c.submit(counted(&done)).is_none());
         wait_for("thread died with the panic", || {
             done.load(Ordering::SeqCst) == 1
         });
@@ -379,11 +382,9 @@ mod tests {
         // Another connection gets no thread: its job comes back, unrun.
         let mut b = Copiers::with_idle_exit(4, budget.clone(), LONG);
         let ran = Arc::new(AtomicUsize::new(0));
-        let r = ran.clone();
-        let back = b.submit(job(move || {
-            r.fetch_add(1, Ordering::SeqCst);
-        }));
-        let back = back.expect("a job with no thread to run it was kept");
+        let back = b
+            .submit(counted(&ran))
+            .expect("a job with no thread to run it was kept");
         assert_eq!(b.threads(), 0);
 
         // Once the first connection is gone, its places are free again.
@@ -403,12 +404,7 @@ mod tests {
         let mut c = Copiers::with_idle_exit(2, budget.clone(), Duration::from_millis(20));
         let done = Arc::new(AtomicUsize::new(0));
         for round in 1..=2 {
-            let d = done.clone();
-            assert!(c
-                .submit(job(move || {
-                    d.fetch_add(1, Ordering::SeqCst);
-                }))
-                .is_none());
+            assert!(c.submit(counted(&done)).is_none());
             wait_for("job never ran", || done.load(Ordering::SeqCst) == round);
             wait_for("idle thread never ended", || {
                 c.threads() == 0 && budget.live() == 0
