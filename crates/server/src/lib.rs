@@ -48,7 +48,9 @@
 //! server.serve(async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```
-#![forbid(unsafe_code)]
+// One exception, with its reason: registering the connection socket with
+// tokio for writability only (`transmission/socket.rs`).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;

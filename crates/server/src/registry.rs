@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::sync::watch;
 use vdisk_engine::report::fmt_time;
 use vdisk_engine::{now, Progress};
@@ -574,9 +574,8 @@ impl ConnHandle {
         c.stats.ops[op.index()].record(bytes, latency, ok);
     }
 
-    /// Counts `n` bytes received from the client (the counting socket
-    /// wrappers do; a transmission loop reading the socket itself may
-    /// instead).
+    /// Counts `n` bytes received from the client (transmission's
+    /// receiving side does, for every receive).
     pub fn received(&self, n: usize) {
         self.0.received.fetch_add(n as u64, Ordering::Relaxed);
         self.0.stats.received.fetch_add(n as u64, Ordering::Relaxed);
@@ -586,35 +585,6 @@ impl ConnHandle {
     pub fn sent(&self, n: usize) {
         self.0.sent.fetch_add(n as u64, Ordering::Relaxed);
         self.0.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
-/// A socket reader that counts the bytes received on a connection.
-#[derive(Debug)]
-pub(crate) struct CountingReader<R> {
-    inner: R,
-    conn: ConnHandle,
-}
-
-impl<R> CountingReader<R> {
-    pub(crate) fn new(inner: R, conn: ConnHandle) -> Self {
-        CountingReader { inner, conn }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.conn.received(n);
-        }
-        r
     }
 }
 

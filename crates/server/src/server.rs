@@ -4,9 +4,9 @@
 use crate::api::{self, types::DaemonInfo, ApiState, CommandHandler};
 use crate::error::{Error, Result};
 use crate::negotiate::{negotiate, Client, Outcome};
-use crate::registry::{CountingReader, CountingWriter, Peer, Registry};
+use crate::registry::{Peer, Registry};
 use crate::scheduler::{Clock, Scheduler, SystemClock};
-use crate::transmission;
+use crate::transmission::{self, Socket};
 use crate::{Limits, ServeConfig};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -392,11 +392,32 @@ struct ConnCtx {
     _permit: OwnedSemaphorePermit,
 }
 
+/// The read half of an accepted stream, which the handshake reads from,
+/// put back together with its write half for transmission, whose threads
+/// receive with blocking calls (see `transmission`).
+trait Reunite<W>: Sized {
+    fn reunite_socket(self, wr: W) -> std::io::Result<Socket>;
+}
+
+impl Reunite<tokio::net::tcp::OwnedWriteHalf> for tokio::net::tcp::OwnedReadHalf {
+    fn reunite_socket(self, wr: tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<Socket> {
+        let stream = self.reunite(wr).map_err(std::io::Error::other)?;
+        Socket::from_tcp(stream)
+    }
+}
+
+impl Reunite<tokio::net::unix::OwnedWriteHalf> for tokio::net::unix::OwnedReadHalf {
+    fn reunite_socket(self, wr: tokio::net::unix::OwnedWriteHalf) -> std::io::Result<Socket> {
+        let stream = self.reunite(wr).map_err(std::io::Error::other)?;
+        Socket::from_unix(stream)
+    }
+}
+
 /// One connection: handshake (bounded in time, abandoned at shutdown),
 /// then transmission.
 async fn connection<R, W>(mut rd: R, mut wr: W, ctx: ConnCtx)
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static + Reunite<W>,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     debug!("connection opened");
@@ -452,12 +473,18 @@ where
         structured = negotiated.structured_replies,
         "export opened"
     );
-    // Bytes on the wire, for `vdisk status` and /metrics. Requests are
-    // recorded per op by transmission through `conn.handle()`.
-    let rd = CountingReader::new(rd, conn.handle());
-    let wr = CountingWriter::new(wr, conn.handle());
+    let socket = match rd.reunite_socket(wr) {
+        Ok(socket) => socket,
+        Err(e) => {
+            warn!(error = %e, "could not set the connection up for transmission; closing");
+            return;
+        }
+    };
+    // Bytes on the wire, for `vdisk status` and /metrics, and requests per
+    // op are recorded by transmission through `conn.handle()`.
     let summary = transmission::serve(
-        (rd, wr, leftover),
+        socket,
+        leftover,
         &negotiated,
         image,
         &ctx.limits,

@@ -193,12 +193,12 @@ fn threads(out: &mut String, t: crate::transmission::Threads) {
         ),
         (
             "vdisk_copy_threads",
-            "Threads copying large WRITE payloads, all connections together.",
+            "Connection threads beyond each connection's first (they copy large WRITE payloads), all connections together.",
             t.copy,
         ),
         (
             "vdisk_copy_threads_max",
-            "Most copy threads (8 per CPU); beyond it large writes go to the engine workers.",
+            "Most such threads (8 per CPU); beyond it a connection goes on with the threads it has.",
             t.copy_max,
         ),
     ] {

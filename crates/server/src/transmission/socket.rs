@@ -1,0 +1,214 @@
+//! A connection's socket once the handshake is done: a blocking socket
+//! that the connection's threads receive from (`recv`, sleeping in the
+//! kernel until a request arrives), and that replies are sent on without
+//! ever blocking (`MSG_DONTWAIT`), from any thread, with tokio waiting for
+//! room only when it is full ([`SocketWriter`]).
+//!
+//! Why blocking receives: the thread that receives a WRITE's payload then
+//! copies it to the page cache itself, while its bytes are still in its
+//! CPU's cache, and another thread takes its turn on the socket — nbdkit's
+//! shape (see `transmission`). A tokio task cannot hand the socket to a
+//! thread and get it back without a wake-up each way.
+
+use std::io::{self, IoSlice};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncWrite, Interest};
+
+/// A connected TCP or Unix socket, in blocking mode.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Socket {
+    /// Takes a tokio stream off the runtime and makes it blocking.
+    pub(crate) fn from_tcp(stream: tokio::net::TcpStream) -> io::Result<Self> {
+        let s = stream.into_std()?;
+        s.set_nonblocking(false)?;
+        Ok(Socket::Tcp(s))
+    }
+
+    /// Takes a tokio stream off the runtime and makes it blocking.
+    pub(crate) fn from_unix(stream: tokio::net::UnixStream) -> io::Result<Self> {
+        let s = stream.into_std()?;
+        s.set_nonblocking(false)?;
+        Ok(Socket::Unix(s))
+    }
+
+    /// A second handle on the same socket.
+    pub(crate) fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            Socket::Tcp(s) => Socket::Tcp(s.try_clone()?),
+            Socket::Unix(s) => Socket::Unix(s.try_clone()?),
+        })
+    }
+
+    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.shutdown(how),
+            Socket::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    /// Receives into `buf`, waiting for at least one byte (for all of
+    /// `buf` with `all`); 0 at the end of the stream, or once the socket
+    /// was shut down for reading (how a waiting receive is woken at
+    /// shutdown).
+    pub(crate) fn recv(&self, buf: &mut [u8], all: bool) -> io::Result<usize> {
+        let flags = if all {
+            rustix::net::RecvFlags::WAITALL
+        } else {
+            rustix::net::RecvFlags::empty()
+        };
+        loop {
+            match rustix::net::recv(self, &mut *buf, flags) {
+                Ok((n, _)) => return Ok(n),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends what fits without waiting; `WouldBlock` when nothing does.
+    fn send_now(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+        loop {
+            let mut control = rustix::net::SendAncillaryBuffer::default();
+            match rustix::net::sendmsg(self, bufs, &mut control, flags) {
+                Ok(n) => return Ok(n),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Socket::Tcp(s) => s.as_fd(),
+            Socket::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for Socket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+/// The sending side of a [`Socket`] for the reply sink: every send is
+/// non-blocking; when the socket is full, tokio is asked to wake the
+/// caller once there is room (the socket is registered for writability
+/// only, so arriving requests never wake the runtime).
+#[derive(Debug)]
+pub(crate) struct SocketWriter {
+    fd: AsyncFd<Socket>,
+}
+
+impl SocketWriter {
+    /// Needs a tokio runtime with I/O enabled.
+    #[allow(unsafe_code)]
+    pub(crate) fn new(socket: Socket) -> io::Result<Self> {
+        // Why unsafe: tokio's only ways to be told of writability alone
+        // (so that arriving requests, which the connection's threads
+        // receive themselves, never wake the runtime) are these
+        // registrations, which trust the caller about the descriptor.
+        // SAFETY: `Socket` owns its descriptor (a std stream), which stays
+        // open and the same until the `Socket`, owned by the `AsyncFd`
+        // from here on, is dropped; `as_raw_fd` always returns it.
+        let fd = unsafe { AsyncFd::register_with_interest(socket, Interest::WRITABLE) }
+            .map_err(io::Error::from)?;
+        Ok(Self { fd })
+    }
+}
+
+impl AsyncWrite for SocketWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            match guard.try_io(|fd| fd.get_ref().send_now(bufs)) {
+                Ok(result) => return Poll::Ready(result),
+                // Full: readiness cleared, wait for it again.
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.fd.get_ref().shutdown(Shutdown::Write))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn a_full_socket_waits_for_room_and_loses_nothing() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("runtime");
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let reader = Socket::Unix(b);
+        let sent: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+        let expect = sent.clone();
+        // Far more than the socket holds: sends must wait for the reader.
+        let received = std::thread::spawn(move || {
+            let mut got = vec![0u8; expect.len()];
+            let mut at = 0;
+            while at < got.len() {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                let n = reader.recv(&mut got[at..], false).expect("recv");
+                assert_ne!(n, 0, "stream ended early");
+                at += n;
+            }
+            got == expect
+        });
+        rt.block_on(async {
+            let mut w = SocketWriter::new(Socket::Unix(a)).expect("writer");
+            w.write_all(&sent).await.expect("write");
+            w.shutdown().await.expect("shutdown");
+        });
+        assert!(received.join().expect("reader"), "bytes differ");
+    }
+
+    #[test]
+    fn shutting_down_wakes_a_waiting_receive() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let socket = Socket::Unix(a);
+        let other = socket.try_clone().expect("clone");
+        let waiting = std::thread::spawn(move || socket.recv(&mut [0u8; 16], true));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        other.shutdown(Shutdown::Read).expect("shutdown");
+        assert_eq!(waiting.join().expect("thread").expect("recv"), 0);
+    }
+}
