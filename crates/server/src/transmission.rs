@@ -100,8 +100,9 @@ const SUBMIT_BATCH: usize = 32;
 /// READs and WRITEs up to this long are quick (see `pool::Job`).
 const QUICK_MAX: u32 = 64 * 1024;
 
-/// WRITEs longer than quick ones and up to this long go to the
-/// connection's copy threads (see `Inline`).
+/// WRITEs longer than quick ones and up to this long are copied by the
+/// connection thread that received them, after it passed its turn on
+/// (see the module doc, "Threads").
 const INLINE_WRITE_MAX: u32 = 4 << 20;
 
 /// The reader's buffer: requests that arrive together are parsed from it
@@ -115,8 +116,8 @@ pub(crate) struct Threads {
     /// Engine workers alive (`pool`), and their most.
     pub engine: usize,
     pub engine_max: usize,
-    /// Copy threads running, all connections together (`copiers`), and
-    /// their most.
+    /// Connection threads beyond each connection's first, all connections
+    /// together (`copiers`), and their most.
     pub copy: usize,
     pub copy_max: usize,
 }
