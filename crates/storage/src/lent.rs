@@ -1,35 +1,42 @@
 //! [`Lent`]: bytes of an object lent out of the page cache.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Bytes an [`crate::ObjectStore`] lends instead of copying
-/// ([`crate::ObjectStore::lend`]): a read-only shared mapping of part of an
-/// object file, unmapped when dropped.
+/// ([`crate::ObjectStore::lend`]): part of a read-only shared mapping of an
+/// object file. The mapping is shared with the store's cache of mappings
+/// (see `LocalObjectStore`) and with other lent reads; it is unmapped when
+/// the last of them drops it.
 ///
 /// Meant to be handed to a system call that copies them (`writev` to a
 /// socket). Reading them in user space works too, with one difference from
 /// `read(2)`: should the disk fail under a page that is not cached, a read
 /// here is killed by `SIGBUS`, where a system call fails with `EFAULT`.
 pub struct Lent {
-    map: memmap2::Mmap,
+    map: Arc<memmap2::Mmap>,
+    start: usize,
+    len: usize,
 }
 
 impl Lent {
-    pub(crate) fn new(map: memmap2::Mmap) -> Self {
-        Self { map }
+    /// `map[start..start + len]`; the caller checked that it is inside.
+    pub(crate) fn new(map: Arc<memmap2::Mmap>, start: usize, len: usize) -> Self {
+        debug_assert!(start <= map.len() && len <= map.len() - start);
+        Self { map, start, len }
     }
 
     /// The lent bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.map
+        &self.map[self.start..self.start + self.len]
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
     }
 }
 

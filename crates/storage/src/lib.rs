@@ -35,7 +35,7 @@ mod redb_meta;
 
 pub use faulty::{FaultConfig, FaultyMetaStore, FaultyObjectStore};
 pub use lent::Lent;
-pub use local::{start_file_writeback, LocalObjectStore};
+pub use local::{start_file_writeback, LocalObjectStore, LEND_WINDOW};
 pub use lock::{DirLock, LockHolder};
 pub use mem::{MemMetaStore, MemObjectStore};
 pub use redb_meta::RedbMetaStore;

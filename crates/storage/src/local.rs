@@ -4,6 +4,10 @@
 //! threads), so:
 //! - open files are cached (bounded, sharded by name hash) and I/O is
 //!   positioned (`pread`/`pwrite`), so no lock is held while the kernel works;
+//! - lent reads come from cached mappings of [`LEND_WINDOW`]-sized windows
+//!   of object files (bounded too), so a large read maps nothing and, above
+//!   all, unmaps nothing: each `munmap` of a mapping the kernel has copied
+//!   from flushes the TLB of every CPU the process runs on;
 //! - `sync` only fsyncs what changed since the last sync: the files written or
 //!   punched, then the directories in which entries were created or removed.
 
@@ -20,6 +24,13 @@ use std::sync::Arc;
 
 /// Default bound on cached open files (well under a typical `ulimit -n`).
 const DEFAULT_MAX_OPEN_FILES: usize = 4096;
+/// Lent reads ([`ObjectStore::lend`]) are served from mappings of windows
+/// of object files this large, at offsets that are multiples of it; a read
+/// that crosses a window's end gets a mapping of its own, not cached.
+pub const LEND_WINDOW: u64 = 4 << 20;
+/// Default bound on cached windows: 8 GiB of address space, and the page
+/// tables of what was read through them (2 MiB per GiB).
+const DEFAULT_MAX_WINDOWS: usize = 2048;
 /// Shards of the handle cache: enough that threads working on different
 /// objects rarely meet on the same (briefly held) mutex.
 const SHARDS: usize = 64;
@@ -39,6 +50,7 @@ const SYNC_THREADS: usize = 8;
 pub struct LocalObjectStore {
     root: PathBuf,
     max_per_shard: usize,
+    windows_per_shard: usize,
     hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
     /// Directories (relative to root, `""` = root) with entries created or
@@ -58,9 +70,16 @@ struct Shard {
     files: HashMap<String, Arc<File>>,
     /// Objects written or punched since the last sync.
     dirty: HashSet<String>,
+    /// Cached mappings for lent reads: each object's windows, by index
+    /// (offset / [`LEND_WINDOW`]). Dropped with the object's handle at its
+    /// removal, so a mapping never keeps a removed file's space.
+    windows: HashMap<String, Vec<(u64, Arc<memmap2::Mmap>)>>,
+    /// Windows in `windows`, all objects together.
+    mapped: usize,
     /// Bumped after every unlink in this shard. A handle opened across an
     /// unlink may point at the removed inode, so it is used once and not
-    /// cached (see [`LocalObjectStore::handle`]).
+    /// cached (see [`LocalObjectStore::handle`]); the same goes for a
+    /// mapping made across an unlink.
     removals: u64,
 }
 
@@ -69,13 +88,14 @@ impl std::fmt::Debug for LocalObjectStore {
         f.debug_struct("LocalObjectStore")
             .field("root", &self.root)
             .field("max_open_files", &(self.max_per_shard * SHARDS))
+            .field("max_lend_windows", &(self.windows_per_shard * SHARDS))
             .finish_non_exhaustive()
     }
 }
 
 impl LocalObjectStore {
     /// Opens (creating it and its parents if needed) a store rooted at `root`,
-    /// caching up to 4096 open files.
+    /// caching up to 4096 open files and 2048 lent-read windows.
     pub fn open(root: &Path) -> Result<Self> {
         Self::open_with_cache(root, DEFAULT_MAX_OPEN_FILES)
     }
@@ -84,6 +104,17 @@ impl LocalObjectStore {
     /// `max_open_files` open files (rounded up to a multiple of the shard
     /// count, at least one per shard).
     pub fn open_with_cache(root: &Path, max_open_files: usize) -> Result<Self> {
+        Self::open_with_limits(root, max_open_files, DEFAULT_MAX_WINDOWS)
+    }
+
+    /// Like [`LocalObjectStore::open_with_cache`], caching at most about
+    /// `max_lend_windows` mappings for lent reads (rounded up like the
+    /// files; 0 maps each lent read on its own and unmaps it once sent).
+    pub fn open_with_limits(
+        root: &Path,
+        max_open_files: usize,
+        max_lend_windows: usize,
+    ) -> Result<Self> {
         if !root.is_dir() {
             fs::create_dir_all(root)
                 .map_err(|e| StorageError::io(root.display().to_string(), e))?;
@@ -95,6 +126,7 @@ impl LocalObjectStore {
         Ok(LocalObjectStore {
             root: root.to_path_buf(),
             max_per_shard: max_open_files.div_ceil(SHARDS).max(1),
+            windows_per_shard: max_lend_windows.div_ceil(SHARDS),
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             dirty_dirs: Mutex::default(),
@@ -150,6 +182,54 @@ impl LocalObjectStore {
             s.files.insert(name.to_owned(), Arc::clone(&file));
         }
         Ok(Some(file))
+    }
+
+    /// Caches `map`, window `index` of `name`, unless the object was removed
+    /// since `removals` was read or the window is cached already (then that
+    /// mapping is returned); evicts another object's windows if the shard
+    /// is full.
+    fn cache_window(
+        &self,
+        name: &str,
+        index: u64,
+        map: Arc<memmap2::Mmap>,
+        removals: u64,
+    ) -> Arc<memmap2::Mmap> {
+        let mut evicted = Vec::new();
+        let mut s = self.shard(name).lock();
+        if s.removals != removals {
+            return map;
+        }
+        if let Some((_, cached)) = s
+            .windows
+            .get(name)
+            .and_then(|ws| ws.iter().find(|(i, _)| *i == index))
+        {
+            return Arc::clone(cached);
+        }
+        while s.mapped >= self.windows_per_shard {
+            // Evict an arbitrary other object's windows, or else this one's
+            // oldest; lent reads keep their mappings until they are sent.
+            if let Some(victim) = s.windows.keys().find(|k| *k != name).cloned() {
+                let gone = s.windows.remove(&victim).unwrap_or_default();
+                s.mapped -= gone.len();
+                evicted.extend(gone);
+            } else if let Some(ws) = s.windows.get_mut(name).filter(|ws| !ws.is_empty()) {
+                evicted.push(ws.remove(0));
+                s.mapped -= 1;
+            } else {
+                break;
+            }
+        }
+        s.windows
+            .entry(name.to_owned())
+            .or_default()
+            .push((index, Arc::clone(&map)));
+        s.mapped += 1;
+        drop(s);
+        // Unmapped here, outside the lock.
+        drop(evicted);
+        map
     }
 
     /// Creates the file of `name` and any missing parent directories,
@@ -251,9 +331,11 @@ impl ObjectStore for LocalObjectStore {
         Ok(())
     }
 
-    #[allow(unsafe_code)]
     fn lend(&self, name: &str, offset: u64, len: usize) -> Result<Option<Lent>> {
         validate_name(name)?;
+        let shard = self.shard(name);
+        // Before the handle: a mapping made across an unlink is not cached.
+        let removals = shard.lock().removals;
         let Some(file) = self.handle(name, false)? else {
             return Ok(None);
         };
@@ -266,27 +348,35 @@ impl ObjectStore for LocalObjectStore {
         }
         // At most `len`, so the cast cannot truncate.
         let n = (size - offset).min(len as u64) as usize;
-        // SAFETY: `Mmap` is a read-only shared mapping of `[offset, offset
-        // + n)`, inside the file's size now. The ways its bytes could become
-        // unreadable are ruled out or contained: this store never truncates
-        // object files (a removal keeps the mapped inode alive); a write or
-        // punch of the range only changes the bytes (see
-        // `ObjectStore::lend`); a disk error under an uncached page makes
-        // the `writev` the lent bytes are meant for fail with EFAULT (a
-        // read in user space would get SIGBUS; `Lent` says so). The mapping
-        // is `unsafe` because the compiler cannot see any of that.
-        // MAP_POPULATE maps the cached pages (and reads the others) now, on
-        // the caller's thread, instead of faulting them in one by one
-        // during the copy.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(offset)
-                .len(n)
-                .populate()
-                .map(&*file)
+        let index = offset / LEND_WINDOW;
+        if (offset + n as u64 - 1) / LEND_WINDOW != index || self.windows_per_shard == 0 {
+            // Across windows: a mapping of its own.
+            return Ok(map_file(&file, offset, n).map(|map| Lent::new(Arc::new(map), 0, n)));
+        }
+        let cached = shard
+            .lock()
+            .windows
+            .get(name)
+            .and_then(|ws| ws.iter().find(|(i, _)| *i == index))
+            .map(|(_, map)| Arc::clone(map));
+        let map = match cached {
+            Some(map) => map,
+            None => {
+                // The whole window, also past the file's end: the file may
+                // grow into it, and only bytes inside it are ever lent.
+                let Some(map) = map_file(&file, index * LEND_WINDOW, LEND_WINDOW as usize) else {
+                    return Ok(None);
+                };
+                self.cache_window(name, index, Arc::new(map), removals)
+            }
         };
-        // Cannot map (address space, limits): read instead.
-        Ok(map.ok().map(Lent::new))
+        // The range is a window's part, so the casts cannot truncate.
+        let start = (offset - index * LEND_WINDOW) as usize;
+        // Map the cached pages (and read the others) now, on the caller's
+        // thread, rather than fault them in one by one during the copy.
+        // Only a hint: pages not populated fault in when copied.
+        let _ = map.advise_range(memmap2::Advice::PopulateRead, start, n);
+        Ok(Some(Lent::new(map, start, n)))
     }
 
     fn write_at(&self, name: &str, offset: u64, data: &[u8]) -> Result<()> {
@@ -325,13 +415,20 @@ impl ObjectStore for LocalObjectStore {
     fn remove(&self, name: &str) -> Result<()> {
         validate_name(name)?;
         let result = fs::remove_file(self.root.join(name));
+        let mut victims = Vec::new();
         {
             // After the unlink: drop the cached handle and invalidate any open
             // that raced with the unlink (see `handle`).
             let mut s = self.shard(name).lock();
             s.removals += 1;
             s.files.remove(name);
+            if let Some(gone) = s.windows.remove(name) {
+                s.mapped -= gone.len();
+                // Unmapped outside the lock (lent reads may still hold them).
+                victims = gone;
+            }
         }
+        drop(victims);
         match result {
             Ok(()) => {
                 self.dirty_dirs.lock().insert(parent(name).to_owned());
@@ -483,6 +580,29 @@ pub fn start_file_writeback(file: &File, offset: u64, len: u64) {
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
     }
+}
+
+/// A read-only shared mapping of `file`'s `[offset, offset + len)`, or
+/// `None` if it cannot be made (address space, limits: the caller reads
+/// instead).
+#[allow(unsafe_code)]
+fn map_file(file: &File, offset: u64, len: usize) -> Option<memmap2::Mmap> {
+    // SAFETY: `Mmap` is a read-only shared mapping of the file. The ways
+    // its bytes could become unreadable are ruled out or contained: this
+    // store never truncates object files, and only bytes below the file's
+    // size are ever lent (a removal keeps the mapped inode alive); a write
+    // or punch of the range only changes the bytes (see
+    // `ObjectStore::lend`); a disk error under an uncached page makes the
+    // `writev` the lent bytes are meant for fail with EFAULT (a read in
+    // user space would get SIGBUS; `Lent` says so). The mapping is `unsafe`
+    // because the compiler cannot see any of that.
+    unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map(file)
+    }
+    .ok()
 }
 
 fn open_rw(path: &Path, create: bool) -> io::Result<File> {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use vdisk_storage::{
     validate_name, DirLock, FaultConfig, FaultyMetaStore, FaultyObjectStore, LocalObjectStore,
     MemMetaStore, MemObjectStore, MetaOp, MetaStore, ObjectStore, RedbMetaStore, StorageError,
+    LEND_WINDOW,
 };
 
 // ---------------------------------------------------------------- objects
@@ -229,7 +230,14 @@ fn local_object_store_contract() {
 fn local_object_store_contract_tiny_cache() {
     // Constant eviction must not change behaviour.
     let dir = tempfile::tempdir().unwrap();
-    let store = LocalObjectStore::open_with_cache(dir.path(), 1).unwrap();
+    let store = LocalObjectStore::open_with_limits(dir.path(), 1, 1).unwrap();
+    object_contract(Arc::new(store), true);
+}
+
+#[test]
+fn local_object_store_contract_no_lend_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalObjectStore::open_with_limits(dir.path(), 64, 0).unwrap();
     object_contract(Arc::new(store), true);
 }
 
@@ -289,6 +297,76 @@ fn local_store_lends_what_it_holds_and_keeps_it_past_removal() {
     s.remove("i/o").unwrap();
     assert_eq!(&lent.as_bytes()[3..], &data[5003..]);
     assert!(s.lend("i/o", 0, 10).unwrap().is_none());
+}
+
+/// Lent bytes of `name` at `offset`, at most `len` of them.
+fn lent(s: &LocalObjectStore, name: &str, offset: u64, len: usize) -> Vec<u8> {
+    s.lend(name, offset, len)
+        .unwrap()
+        .expect("a local store lends")
+        .as_bytes()
+        .to_vec()
+}
+
+#[test]
+fn local_store_lends_from_windows_within_and_across() {
+    // One window per shard: lends evict each other all the time.
+    let dir = tempfile::tempdir().unwrap();
+    for windows in [0, 1, 2048] {
+        let s =
+            LocalObjectStore::open_with_limits(&dir.path().join(windows.to_string()), 64, windows)
+                .unwrap();
+        let w = LEND_WINDOW as usize;
+        let data: Vec<u8> = (0..2 * w + 5000).map(|i| (i % 251) as u8 + 1).collect();
+        s.write_at("big", 0, &data).unwrap();
+        for (off, len) in [
+            (0, 1 << 20),
+            (w - 4096, 4096),        // a window's last page
+            (w - 100, 200),          // across two windows
+            (w, 1 << 20),            // the second window's start
+            (2 * w - 10, 1 << 20),   // across into the last, short, window
+            (2 * w + 4000, 1 << 20), // cut at the object's end
+        ] {
+            let end = (off + len).min(data.len());
+            assert_eq!(
+                lent(&s, "big", off as u64, len),
+                &data[off..end],
+                "{windows}: {off}+{len}"
+            );
+        }
+        // Many objects, many more than the windows cached: each still lends
+        // its own bytes, then and after being evicted.
+        for round in 0..2 {
+            for i in 0..200u32 {
+                let name = format!("o/{i}");
+                let bytes = i.to_le_bytes().repeat(1000);
+                if round == 0 {
+                    s.write_at(&name, 0, &bytes).unwrap();
+                }
+                assert_eq!(lent(&s, &name, 0, 1 << 20), bytes, "{windows}: {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn local_store_lends_an_object_as_it_grows_and_after_it_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalObjectStore::open(dir.path()).unwrap();
+    // Mapped while short: what is written past its end later is lent too.
+    s.write_at("g", 0, b"0123456789").unwrap();
+    assert_eq!(lent(&s, "g", 0, 100), b"0123456789");
+    s.write_at("g", 5000, b"later").unwrap();
+    let got = lent(&s, "g", 0, 6000);
+    assert_eq!(got.len(), 5005);
+    assert_eq!(&got[..10], b"0123456789");
+    assert!(got[10..5000].iter().all(|&b| b == 0));
+    assert_eq!(&got[5000..], b"later");
+    // Removed and written again: the new file's bytes, never the removed
+    // one's (a cached mapping of it would also keep its space).
+    s.remove("g").unwrap();
+    s.write_at("g", 0, b"new file").unwrap();
+    assert_eq!(lent(&s, "g", 0, 100), b"new file");
 }
 
 #[test]
