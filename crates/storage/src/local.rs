@@ -86,6 +86,16 @@ struct Shard {
     removals: u64,
 }
 
+impl Shard {
+    /// The cached mapping of window `index` of `name`.
+    fn window(&self, name: &str, index: u64) -> Option<Arc<memmap2::Mmap>> {
+        let ws = self.windows.get(name)?;
+        ws.iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, map)| Arc::clone(map))
+    }
+}
+
 impl std::fmt::Debug for LocalObjectStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalObjectStore")
@@ -203,12 +213,8 @@ impl LocalObjectStore {
         if s.removals != removals {
             return map;
         }
-        if let Some((_, cached)) = s
-            .windows
-            .get(name)
-            .and_then(|ws| ws.iter().find(|(i, _)| *i == index))
-        {
-            return Arc::clone(cached);
+        if let Some(cached) = s.window(name, index) {
+            return cached;
         }
         while s.mapped >= self.windows_per_shard {
             // Evict an arbitrary other object's windows, or else this one's
@@ -356,12 +362,7 @@ impl ObjectStore for LocalObjectStore {
             // Across windows: a mapping of its own.
             return Ok(map_file(&file, offset, n).map(|map| Lent::new(Arc::new(map), 0, n)));
         }
-        let cached = shard
-            .lock()
-            .windows
-            .get(name)
-            .and_then(|ws| ws.iter().find(|(i, _)| *i == index))
-            .map(|(_, map)| Arc::clone(map));
+        let cached = shard.lock().window(name, index);
         let map = match cached {
             Some(map) => map,
             None => {
@@ -684,22 +685,27 @@ fn write_in_pieces(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
     let mut done = 0;
     while done < data.len() {
         let at = offset + done as u64;
-        // Below WRITE_PIECE, so the cast cannot truncate.
-        let room = WRITE_PIECE - (at % WRITE_PIECE as u64) as usize;
-        let n = room.min(data.len() - done);
+        let n = piece_len(at, (data.len() - done) as u64);
         file.write_all_at(&data[done..done + n], at)?;
         done += n;
     }
     Ok(())
 }
 
+/// Bytes of the piece that starts at `at` with `left` bytes to write: up
+/// to the next multiple of [`WRITE_PIECE`].
+fn piece_len(at: u64, left: u64) -> usize {
+    let room = WRITE_PIECE as u64 - at % WRITE_PIECE as u64;
+    // At most WRITE_PIECE, so the cast cannot truncate.
+    room.min(left) as usize
+}
+
+/// Writes zeros over `[offset, offset + len)`, in the same pieces as data.
 fn write_zeros(file: &File, mut offset: u64, len: u64) -> io::Result<()> {
-    const CHUNK: usize = 64 * 1024;
-    let zeros = [0u8; CHUNK];
+    let zeros = [0u8; WRITE_PIECE];
     let end = offset + len;
     while offset < end {
-        // Bounded by CHUNK, so the cast cannot truncate.
-        let n = (end - offset).min(CHUNK as u64) as usize;
+        let n = piece_len(offset, end - offset);
         file.write_all_at(&zeros[..n], offset)?;
         offset += n as u64;
     }
@@ -736,5 +742,11 @@ mod tests {
             got.truncate(n);
             assert_eq!(got, expect[..n], "after writing {len} bytes at {at}");
         }
+        // The zero fill (punching's fallback) uses the same pieces.
+        write_zeros(&file, p - 7, 2 * p + 9).expect("zeros");
+        expect[(p - 7) as usize..(3 * p + 2) as usize].fill(0);
+        let mut got = vec![0u8; expect.len()];
+        let n = file.read_at(&mut got, 0).expect("read");
+        assert_eq!(got[..n], expect[..n], "after the zero fill");
     }
 }
