@@ -68,7 +68,14 @@ fn api_socket_is_private_and_status_lists_connections() {
     let mut rw = Raw::tcp(server.port, "img");
     rw.write(0, &pattern(9, 128 * 1024));
     let _ro = Raw::unix(&server.socket, "rbd/img@s1");
-    let s = status_until(&api, "two connections", |s| s.connections.len() == 2);
+    // A reply's bytes are counted once the send returns, which may be
+    // after the client has read them: wait for the count too.
+    let s = status_until(&api, "two connections, the write's reply counted", |s| {
+        s.connections.len() == 2
+            && s.connections
+                .iter()
+                .any(|c| c.export == "rbd/img" && c.bytes_sent > 0)
+    });
     let head = s
         .connections
         .iter()
