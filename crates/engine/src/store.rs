@@ -20,6 +20,15 @@ use vdisk_storage::{DirLock, LocalObjectStore, MetaOp, MetaStore, ObjectStore, R
 /// Opens the data store of a pool.
 pub trait DataBackend: Send + Sync + std::fmt::Debug {
     fn open_pool(&self, pool: &PoolRecord) -> Result<Arc<dyn ObjectStore>>;
+
+    /// Drops what [`DataBackend::open_pool`] made for a pool whose record
+    /// was just removed (it names no image). Best effort: what cannot be
+    /// dropped (a directory that still holds files) stays, and a pool
+    /// created later under the same name opens it again. The default does
+    /// nothing.
+    fn drop_pool(&self, pool: &PoolRecord) {
+        let _ = pool;
+    }
 }
 
 /// Pools as directories: `pool.path`, or `root/pools/<name>`.
@@ -40,6 +49,23 @@ impl LocalDataBackend {
 impl DataBackend for LocalDataBackend {
     fn open_pool(&self, pool: &PoolRecord) -> Result<Arc<dyn ObjectStore>> {
         Ok(Arc::new(LocalObjectStore::open(&self.pool_dir(pool))?))
+    }
+
+    /// Removes the pool's directory under `root/pools` if it is empty. A
+    /// `--path` directory is the operator's and is left alone (it may be
+    /// a mount point or have been made for the pool by hand).
+    fn drop_pool(&self, pool: &PoolRecord) {
+        if pool.path.is_some() {
+            return;
+        }
+        let dir = self.pool_dir(pool);
+        if std::fs::remove_dir(&dir).is_ok() {
+            // The removal survives a crash once `pools/` is synced; should
+            // it not, the empty directory is all that comes back.
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+            }
+        }
     }
 }
 
@@ -362,6 +388,7 @@ impl Store {
             key: name.as_bytes().to_vec(),
         }])?;
         self.shared.pools.lock().remove(&p.id);
+        self.shared.data.drop_pool(&p);
         Ok(())
     }
 

@@ -40,9 +40,16 @@ fn pool_create_list_remove() {
     assert!(err.contains("vdisk: hint:"), "{err}");
     assert_eq!(before, e.backup_of("p1"));
 
+    let dir = std::path::PathBuf::from(p1["path"].as_str().expect("path"));
+    assert!(dir.is_dir(), "{}", dir.display());
     e.ok(&["rm", "p1/img"]);
     e.ok(&["pool", "rm", "p1"]);
     assert_eq!(e.ok(&["pool", "ls"]), "rbd\n");
+    // Its directory goes with it, and the name can be used again.
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+    e.ok(&["pool", "create", "p1"]);
+    e.ok(&["create", "p1/img", "--size", "1M"]);
+    e.ok(&["info", "p1/img"]);
 }
 
 #[test]
@@ -70,6 +77,12 @@ fn pool_with_data_path() {
         }
     }
     assert!(files > 0, "no data objects under the pool's --path");
+    e.ok(&["rm", "fast/img"]);
+    e.ok(&["pool", "rm", "fast"]);
+    assert!(
+        data.is_dir(),
+        "a --path directory is the operator's to remove"
+    );
 }
 
 fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
