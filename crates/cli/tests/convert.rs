@@ -430,6 +430,29 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     assert_eq!(bare.status.code(), Some(NOT_FOUND), "{err}");
     assert!(err.contains("write it as ./src.raw"), "{err}");
     assert!(!e.file("bare-out.raw").exists());
+    // The other way round: a bare destination that reads like a file name
+    // is a pool image, said on stderr; `-O qcow2` there is refused with
+    // the path to write instead.
+    let err = e.refused(
+        &["convert", &src, "copy.raw", "-O", "qcow2"],
+        USAGE,
+        "./copy.raw",
+    );
+    assert!(err.contains("pool image"), "{err}");
+    let stderr = |args: &[&str]| {
+        let out = e.run(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {err}");
+        err
+    };
+    let err = stderr(&["convert", &src, "copy.raw"]);
+    assert!(
+        err.contains("pool image rbd/copy.raw") && err.contains("./copy.raw"),
+        "{err}"
+    );
+    assert_eq!(e.read_all("copy.raw"), random_data(1 << 20, 2));
+    let err = stderr(&["convert", &src, "rbd/copy2.raw"]);
+    assert!(!err.contains("warning"), "{err}");
     // A truncated qcow2: refused as damaged; nothing written.
     let Some(qemu_img) = tool("qemu-img") else {
         return;

@@ -143,6 +143,18 @@ fn path_hint(s: &str, e: CliError) -> CliError {
     }
 }
 
+/// A bare destination name (no pool) ending like a disk file (`out.raw`,
+/// `disk.qcow2`): legal as an image name, but likelier meant as a file.
+fn looks_like_a_file_name(s: &str) -> bool {
+    const DISK_FILE_ENDINGS: [&str; 9] = [
+        "raw", "img", "qcow2", "qcow", "vmdk", "vdi", "vhd", "vhdx", "iso",
+    ];
+    !s.contains(['@', '/'])
+        && s.rsplit_once('.').is_some_and(|(stem, ext)| {
+            !stem.is_empty() && DISK_FILE_ENDINGS.contains(&ext.to_ascii_lowercase().as_str())
+        })
+}
+
 /// What to clean up if the copy fails: what this run created.
 #[derive(Default)]
 struct Created {
@@ -201,11 +213,23 @@ fn open_dest(ctx: &Ctx, d: &DstArgs<'_>, size: u64) -> Result<(Box<dyn Dest>, Cr
         }
         End::Pool(p) => {
             if qcow2 {
-                return Err(CliError::invalid(
-                    "a pool image is not a file: -O qcow2 / -c do not apply",
-                ));
+                return Err(CliError::invalid(format!(
+                    "{p} names a pool image, and a pool image is not a file: -O qcow2 / -c do \
+                     not apply"
+                ))
+                .with_hint(format!(
+                    "to write a file, give a path: ./{p} (paths start with / or .)"
+                )));
             }
             let spec = image_spec(&p).map_err(|e| path_hint(&p, e))?;
+            if !c.no_create && looks_like_a_file_name(&p) {
+                // What a `qemu-img convert ... out.raw` habit types: say
+                // where the copy goes, the copy itself is what was asked.
+                ctx.warn(format!(
+                    "{p} is taken as the pool image {spec}; to write a file instead, give a \
+                     path: ./{p}"
+                ));
+            }
             if c.no_create && c.no_sync {
                 return Err(CliError::invalid(
                     "--no-sync applies to pool images this command creates, not to existing ones (-n)",
@@ -650,4 +674,26 @@ fn apply_create_options(opts: &mut vdisk_qcow2::WriterOptions, list: &[String]) 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_a_file_name;
+
+    #[test]
+    fn bare_disk_file_names_are_noticed_specs_with_a_pool_are_not() {
+        for name in ["out.raw", "disk.QCOW2", "a.b.img", "vm.vhdx"] {
+            assert!(looks_like_a_file_name(name), "{name}");
+        }
+        for name in [
+            "out",
+            "rbd/out.raw",
+            "out.raw@s1",
+            ".raw",
+            "out.raw.bak",
+            "web01",
+        ] {
+            assert!(!looks_like_a_file_name(name), "{name}");
+        }
+    }
 }
