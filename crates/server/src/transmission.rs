@@ -170,6 +170,17 @@ impl End {
             _ => End::Io(e),
         }
     }
+
+    /// How a payload's reading ended: a stopping server shuts the socket
+    /// for reading, which a payload cut short sees as an early end of the
+    /// stream, not as the client's doing.
+    fn from_payload_read(e: io::Error, stop: &watch::Receiver<bool>) -> Self {
+        if *stop.borrow() {
+            End::Shutdown
+        } else {
+            End::from_read(e)
+        }
+    }
 }
 
 /// What a connection did, for the log line that closes it.
@@ -524,7 +535,7 @@ impl ConnThreads {
                     r.inline.dispatch(&mut r.parsed);
                 }
                 if let Err(e) = r.input.discard(req.payload_len()) {
-                    return Next::End(End::from_read(e));
+                    return Next::End(End::from_payload_read(e, &r.stop));
                 }
                 let mut out = buffers().take(64);
                 let len = refusal(session, &req, errno, &mut out);
@@ -575,7 +586,7 @@ impl ConnThreads {
                 let into = &mut payload[payload_at..payload_at + len];
                 if let Err(e) = r.input.read_exact(into) {
                     buffers().put(payload);
-                    return Next::End(End::from_read(e));
+                    return Next::End(End::from_payload_read(e, &r.stop));
                 }
             }
             self.sink.expect(quick);
@@ -1598,6 +1609,31 @@ mod tests {
         served.stop.send(true).expect("stop");
         let summary = served.summary();
         assert!(matches!(summary.end, End::Shutdown), "{}", summary.end);
+    }
+
+    #[test]
+    fn stopping_mid_payload_ends_as_a_shutdown_and_writes_nothing() {
+        let img = image();
+        let mut served = Served::new(img.clone());
+        // A WRITE whose payload is only half sent: the thread waits in
+        // `recv` for the rest.
+        use std::io::Write;
+        let header = RequestHeader {
+            flags: CommandFlags::empty(),
+            command: Command::Write,
+            cookie: 1,
+            offset: 0,
+            length: 8192,
+        };
+        served.client.write_all(&header.encode()).expect("header");
+        served.client.write_all(&[7; 4096]).expect("half");
+        std::thread::sleep(Duration::from_millis(50));
+        served.stop.send(true).expect("stop");
+        let summary = served.summary();
+        assert!(matches!(summary.end, End::Shutdown), "{}", summary.end);
+        let mut back = vec![1u8; 8192];
+        img.read_at(0, &mut back).expect("read back");
+        assert!(back.iter().all(|&b| b == 0), "a cut payload was written");
     }
 
     /// Serves `data`, at most what each read asks for, and records how
