@@ -595,6 +595,19 @@ fn files_metadata_and_the_api_itself() {
     );
     let (code, _) = http(&d.api(), "POST", "/v1/commands", "not json");
     assert_eq!(code, 400);
+    // An error quotes what it refuses, but not 1 MiB of it (twice).
+    let huge = "x".repeat(1 << 20);
+    for body in [
+        format!(r#"{{"command": "{huge}"}}"#),
+        format!(r#"{{"command": {{"info": {{"spec": "img"}}}}, "format": "{huge}"}}"#),
+        format!(r#"{{"{huge}": 1}}"#),
+    ] {
+        let (code, reply) = http(&d.api(), "POST", "/v1/commands", &body);
+        assert!(code == 200 || code == 400, "{code}");
+        assert!(reply.len() < 16 << 10, "a {} byte reply", reply.len());
+        assert!(reply.contains("more bytes)"), "{reply}");
+        serde_json::from_str::<serde_json::Value>(&reply).expect("still JSON");
+    }
 
     // /metrics after a client read the image.
     if have("qemu-io") {

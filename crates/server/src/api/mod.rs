@@ -193,10 +193,31 @@ fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
         Json(ApiError {
-            error: message.into(),
+            error: clip(message.into()),
         }),
     )
         .into_response()
+}
+
+/// Longest error message the API returns. A message quotes what it
+/// refuses (JSON's "unknown variant `...`" quotes the whole string), and a
+/// request body may be up to [`MAX_BODY`]: the reply would repeat it.
+const MAX_MESSAGE: usize = 2048;
+
+/// `message`, cut to [`MAX_MESSAGE`] bytes (at a character boundary) with
+/// a note of how much was left out.
+fn clip(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let mut cut = MAX_MESSAGE;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let left_out = message.len() - cut;
+    message.truncate(cut);
+    message.push_str(&format!("… ({left_out} more bytes)"));
+    message
 }
 
 async fn not_found() -> Response {
@@ -409,6 +430,7 @@ pub(crate) async fn wait_for_jobs(registry: &Registry, within: std::time::Durati
 impl CommandReply {
     /// A failed command's reply, printed as the CLI prints errors.
     pub fn failure(kind: ErrorKind, message: &str, hint: Option<&str>) -> CommandReply {
+        let message = clip(message.to_owned());
         let mut stderr = format!("vdisk: error: {message}\n");
         if let Some(h) = hint {
             stderr.push_str(&format!("vdisk: hint: {h}\n"));
@@ -419,10 +441,33 @@ impl CommandReply {
             stderr,
             error: Some(types::ErrorBody {
                 kind: types::kind_name(kind).into(),
-                message: message.into(),
+                message,
                 hint: hint.map(Into::into),
             }),
             job: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{clip, MAX_MESSAGE};
+
+    #[test]
+    fn long_messages_are_clipped_at_a_character_boundary() {
+        assert_eq!(clip("short".into()), "short");
+        let exact = "a".repeat(MAX_MESSAGE);
+        assert_eq!(clip(exact.clone()), exact);
+        // A 3-byte character across the limit is left out whole.
+        let long = format!("{}€{}", "a".repeat(MAX_MESSAGE - 1), "b".repeat(100));
+        let clipped = clip(long.clone());
+        assert!(clipped.starts_with(&"a".repeat(MAX_MESSAGE - 1)));
+        assert!(
+            clipped.ends_with(&format!(
+                "… ({} more bytes)",
+                long.len() - (MAX_MESSAGE - 1)
+            )),
+            "{clipped}"
+        );
     }
 }
