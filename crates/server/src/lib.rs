@@ -48,8 +48,9 @@
 //! server.serve(async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```
-// One exception, with its reason: registering the connection socket with
-// tokio for writability only (`transmission/socket.rs`).
+// Two exceptions, with their reasons, both in `transmission/socket.rs`:
+// registering the connection socket with tokio for writability only, and
+// setting SO_RCVLOWAT (no safe wrapper has it) to grow the receive buffer.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
