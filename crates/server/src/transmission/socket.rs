@@ -279,32 +279,13 @@ mod tests {
         assert!(received.join().expect("reader"), "bytes differ");
     }
 
-    #[test]
-    fn tcp_sockets_keep_little_unsent() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .expect("runtime");
-        let (server, _client) = rt.block_on(async {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = l.local_addr().expect("addr");
-            let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            (l.accept().await.expect("accept").0, c)
-        });
-        let Socket::Tcp(s) = Socket::from_tcp(server).expect("socket") else {
-            panic!("not TCP");
-        };
-        let lowat = socket2::SockRef::from(&s)
-            .tcp_notsent_lowat()
-            .expect("getsockopt");
-        assert_eq!(lowat, TCP_UNSENT_MAX);
-    }
-
-    #[test]
-    fn tcp_sockets_start_with_a_large_receive_buffer_and_wake_on_one_byte() {
-        use std::io::Write;
+    /// A connected loopback TCP pair (the accepted side first), with the
+    /// runtime that registered them, to keep alive while they are used.
+    fn tcp_pair() -> (
+        tokio::runtime::Runtime,
+        tokio::net::TcpStream,
+        tokio::net::TcpStream,
+    ) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
@@ -317,6 +298,25 @@ mod tests {
             let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
             (l.accept().await.expect("accept").0, c)
         });
+        (rt, server, client)
+    }
+
+    #[test]
+    fn tcp_sockets_keep_little_unsent() {
+        let (_rt, server, _client) = tcp_pair();
+        let Socket::Tcp(s) = Socket::from_tcp(server).expect("socket") else {
+            panic!("not TCP");
+        };
+        let lowat = socket2::SockRef::from(&s)
+            .tcp_notsent_lowat()
+            .expect("getsockopt");
+        assert_eq!(lowat, TCP_UNSENT_MAX);
+    }
+
+    #[test]
+    fn tcp_sockets_start_with_a_large_receive_buffer_and_wake_on_one_byte() {
+        use std::io::Write;
+        let (_rt, server, client) = tcp_pair();
         let mut client = client.into_std().expect("std");
         client.set_nonblocking(false).expect("blocking");
         let socket = Socket::from_tcp(server).expect("socket");
