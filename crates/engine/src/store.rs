@@ -58,14 +58,8 @@ impl DataBackend for LocalDataBackend {
         if pool.path.is_some() {
             return;
         }
-        let dir = self.pool_dir(pool);
-        if std::fs::remove_dir(&dir).is_ok() {
-            // The removal survives a crash once `pools/` is synced; should
-            // it not, the empty directory is all that comes back.
-            if let Some(parent) = dir.parent() {
-                let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
-            }
-        }
+        // Should this fail, the empty directory is all that stays.
+        let _ = LocalObjectStore::remove_empty_root(&self.pool_dir(pool));
     }
 }
 

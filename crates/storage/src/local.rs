@@ -147,6 +147,29 @@ impl LocalObjectStore {
         })
     }
 
+    /// Undoes what [`LocalObjectStore::open`] made of `root` once the
+    /// store is done with: removes the directory if it is empty and makes
+    /// the removal durable. A directory that still holds anything, or is
+    /// gone, is left as it is (`Ok(false)`).
+    pub fn remove_empty_root(root: &Path) -> Result<bool> {
+        match fs::remove_dir(root) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::NotFound | ErrorKind::DirectoryNotEmpty | ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) => return Err(StorageError::io(root.display().to_string(), e)),
+        }
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent).map_err(|e| StorageError::io(parent.display().to_string(), e))?;
+        }
+        Ok(true)
+    }
+
     /// The directory this store keeps its objects in.
     pub fn root(&self) -> &Path {
         &self.root
@@ -715,6 +738,21 @@ fn write_zeros(file: &File, mut offset: u64, len: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_root_is_removed_one_with_objects_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("pool");
+        let store = LocalObjectStore::open(&root).expect("open");
+        store.write_at("img/obj", 0, b"data").expect("write");
+        assert!(!LocalObjectStore::remove_empty_root(&root).expect("busy"));
+        assert!(root.join("img/obj").is_file());
+        store.remove("img/obj").expect("remove");
+        store.prune("img/").expect("prune");
+        assert!(LocalObjectStore::remove_empty_root(&root).expect("empty"));
+        assert!(!root.exists());
+        assert!(!LocalObjectStore::remove_empty_root(&root).expect("gone"));
+    }
     use std::os::unix::fs::FileExt;
 
     #[test]

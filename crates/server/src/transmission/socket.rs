@@ -56,7 +56,7 @@ pub(crate) const TCP_UNSENT_MAX: u32 = 2 << 20;
 /// nothing (0.85 per MiB against 0.15). With the larger start, on 1 MiB
 /// writes the client's CPU per MiB fell from 270 to 233 µs and softirqs
 /// from 102 to 59, below nbdkit's 250 / 70 (BENCHMARKS.md).
-pub(crate) const TCP_RECV_WINDOW: u32 = 16 << 20;
+pub(crate) const TCP_RECV_WINDOW: libc::c_int = 16 << 20;
 
 /// A connected TCP or Unix socket, in blocking mode.
 #[derive(Debug)]
@@ -143,8 +143,7 @@ impl Socket {
 /// raising `SO_RCVLOWAT` makes Linux grow an unlocked buffer to hold that
 /// many bytes, and setting it back to 1 keeps the buffer and the usual
 /// wake-ups. Neither std, socket2 nor rustix wraps `SO_RCVLOWAT`.
-fn grow_receive_buffer(s: &std::net::TcpStream, window: u32) -> io::Result<()> {
-    let window = libc::c_int::try_from(window).unwrap_or(libc::c_int::MAX);
+fn grow_receive_buffer(s: &std::net::TcpStream, window: libc::c_int) -> io::Result<()> {
     for value in [window, 1] {
         // SAFETY: `s` is an open socket for the whole call; the option
         // value is a live c_int and its exact size is passed, which is
