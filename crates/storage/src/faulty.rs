@@ -4,7 +4,7 @@
 //! fail from some point on, fail syncs, or pretend to zero. Losing unsynced
 //! data is not simulated here: that is [`crate::MemObjectStore::crash`].
 
-use crate::{validate_name, MetaOp, MetaStore, ObjectStore, Result, StorageError};
+use crate::{validate_name, Filled, MetaOp, MetaStore, ObjectStore, Result, StorageError};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,6 +137,18 @@ impl ObjectStore for FaultyObjectStore {
     fn write_at(&self, name: &str, offset: u64, data: &[u8]) -> Result<()> {
         self.faults.begin("write", name)?;
         self.inner.write_at(name, offset, data)
+    }
+
+    fn fill_in_place(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+        granule: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<Option<Filled>> {
+        self.faults.begin("write", name)?;
+        self.inner.fill_in_place(name, offset, len, granule, fill)
     }
 
     fn punch(&self, name: &str, offset: u64, len: u64) -> Result<()> {

@@ -1,11 +1,11 @@
-//! [`Lent`]: bytes of an object lent out of the page cache.
+//! [`Lent`]: bytes of an object lent out of the page cache; [`Filled`]:
+//! what a write in place ([`crate::ObjectStore::fill_in_place`]) wrote.
 
 use std::fmt;
 use std::sync::Arc;
 
 /// Bytes an [`crate::ObjectStore`] lends instead of copying
-/// ([`crate::ObjectStore::lend`]): part of a read-only shared mapping of an
-/// object file. The mapping is shared with the store's cache of mappings
+/// ([`crate::ObjectStore::lend`]): part of a shared mapping of an object file. The mapping is shared with the store's cache of mappings
 /// (see `LocalObjectStore`) and with other lent reads; it is unmapped when
 /// the last of them drops it.
 ///
@@ -14,21 +14,28 @@ use std::sync::Arc;
 /// `read(2)`: should the disk fail under a page that is not cached, a read
 /// here is killed by `SIGBUS`, where a system call fails with `EFAULT`.
 pub struct Lent {
-    map: Arc<memmap2::Mmap>,
+    map: Arc<memmap2::MmapRaw>,
     start: usize,
     len: usize,
 }
 
 impl Lent {
     /// `map[start..start + len]`; the caller checked that it is inside.
-    pub(crate) fn new(map: Arc<memmap2::Mmap>, start: usize, len: usize) -> Self {
+    pub(crate) fn new(map: Arc<memmap2::MmapRaw>, start: usize, len: usize) -> Self {
         debug_assert!(start <= map.len() && len <= map.len() - start);
         Self { map, start, len }
     }
 
     /// The lent bytes.
+    #[allow(unsafe_code)]
     pub fn as_bytes(&self) -> &[u8] {
-        &self.map[self.start..self.start + self.len]
+        // SAFETY: `[start, start + len)` lies inside the mapping (checked
+        // by `new`'s caller), which lives as long as `self.map`. The bytes
+        // may change while borrowed (a write to the object), as a `Mmap`'s
+        // may; the local store never truncates object files, so the pages
+        // stay mapped (see `ObjectStore::lend`). `MmapRaw` gives a pointer,
+        // not a slice, because the same mapping also takes writes in place.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.start), self.len) }
     }
 
     pub fn len(&self) -> usize {
@@ -44,4 +51,13 @@ impl fmt::Debug for Lent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lent").field("len", &self.len()).finish()
     }
+}
+
+/// What [`crate::ObjectStore::fill_in_place`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filled {
+    /// Bytes filled, from the start of the range.
+    pub len: usize,
+    /// For each whole granule of the filled bytes, in order: all zero.
+    pub zero: Vec<bool>,
 }

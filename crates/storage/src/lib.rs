@@ -21,9 +21,13 @@
 //!
 //! The contracts are written on each method; every implementation is tested
 //! against the same contract suite (`tests/contract.rs`).
-// `deny`, not `forbid`: the one place that needs `unsafe` (fallocate to punch
-// holes in `local.rs`; std has no safe way to deallocate a file range) opts out
-// locally with `#[allow(unsafe_code)]` and a SAFETY comment.
+// `deny`, not `forbid`: the few places that need `unsafe` opt out locally with
+// `#[allow(unsafe_code)]` and a SAFETY comment. In `local.rs`: system calls
+// std and rustix do not wrap (fallocate to punch holes, sync_file_range,
+// mincore, sysconf) and the slices of a mapped window (the kernel fills one
+// in place, the zero check reads it back); in `lent.rs`, the lent bytes of a
+// mapping (`memmap2::MmapRaw` hands out pointers, not slices, because the
+// same mapping takes writes in place).
 #![deny(unsafe_code)]
 
 mod faulty;
@@ -34,7 +38,7 @@ mod mem;
 mod redb_meta;
 
 pub use faulty::{FaultConfig, FaultyMetaStore, FaultyObjectStore};
-pub use lent::Lent;
+pub use lent::{Filled, Lent};
 pub use local::{start_file_writeback, LocalObjectStore, LEND_WINDOW};
 pub use lock::{DirLock, LockHolder};
 pub use mem::{MemMetaStore, MemObjectStore};
@@ -112,6 +116,46 @@ pub trait ObjectStore: Send + Sync + Debug {
     /// nothing.
     fn lend(&self, name: &str, offset: u64, len: usize) -> Result<Option<Lent>> {
         let _ = (offset, len);
+        validate_name(name)?;
+        Ok(None)
+    }
+
+    /// Lets `fill` put the bytes of `[offset, offset + len)` of an existing
+    /// object straight where the store keeps them (the page cache, for a
+    /// local store), instead of filling a buffer that
+    /// [`ObjectStore::write_at`] then copies: for a caller whose *kernel*
+    /// does the filling (an NBD server's `recv` from its socket), so the
+    /// data is copied once instead of twice.
+    ///
+    /// `fill` is called once, with the whole range, and returns how many
+    /// bytes from its start it filled: all of them, or fewer when it
+    /// stopped (the kernel could not write a page, on a full disk say, or
+    /// the source failed). Those bytes are written as by `write_at`
+    /// (visible to reads at once, durable after a sync); the rest of the
+    /// range may hold part of what `fill` was writing when it stopped, and
+    /// is otherwise unchanged. `fill` must hand the slice to the kernel and
+    /// never read or write it itself: in a local store it is a shared
+    /// mapping of the file, where a full disk or a disk error kills a user
+    /// space access with `SIGBUS` and fails a system call with `EFAULT`.
+    ///
+    /// [`Filled::zero`] says, for each whole `granule` (a power of two that
+    /// divides `offset` and `len`) of the filled bytes, whether it is all
+    /// zero.
+    ///
+    /// `Ok(None)`: `fill` was not called and nothing changed; write with
+    /// `write_at`. Stores decline when they cannot lend (the default), when
+    /// the object does not exist or ends before `offset + len`, and when
+    /// some of the range is not in memory: a write in place would first
+    /// read it from the disk, where `write_at` of whole pages reads nothing.
+    fn fill_in_place(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+        granule: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<Option<Filled>> {
+        let _ = (offset, len, granule, fill);
         validate_name(name)?;
         Ok(None)
     }

@@ -11,7 +11,7 @@
 //! - `sync` only fsyncs what changed since the last sync: the files written or
 //!   punched, then the directories in which entries were created or removed.
 
-use crate::{validate_name, Lent, ObjectStore, Result, StorageError};
+use crate::{validate_name, Filled, Lent, ObjectStore, Result, StorageError};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -20,7 +20,7 @@ use std::io::{self, ErrorKind};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Most bytes of one `pwrite`: larger writes are split at multiples of
 /// this (see `write_in_pieces`).
@@ -76,7 +76,7 @@ struct Shard {
     /// Cached mappings for lent reads: each object's windows, by index
     /// (offset / [`LEND_WINDOW`]). Dropped with the object's handle at its
     /// removal, so a mapping never keeps a removed file's space.
-    windows: HashMap<String, Vec<(u64, Arc<memmap2::Mmap>)>>,
+    windows: HashMap<String, Vec<(u64, Arc<memmap2::MmapRaw>)>>,
     /// Windows in `windows`, all objects together.
     mapped: usize,
     /// Bumped after every unlink in this shard. A handle opened across an
@@ -88,7 +88,7 @@ struct Shard {
 
 impl Shard {
     /// The cached mapping of window `index` of `name`.
-    fn window(&self, name: &str, index: u64) -> Option<Arc<memmap2::Mmap>> {
+    fn window(&self, name: &str, index: u64) -> Option<Arc<memmap2::MmapRaw>> {
         let ws = self.windows.get(name)?;
         ws.iter()
             .find(|(i, _)| *i == index)
@@ -228,9 +228,9 @@ impl LocalObjectStore {
         &self,
         name: &str,
         index: u64,
-        map: Arc<memmap2::Mmap>,
+        map: Arc<memmap2::MmapRaw>,
         removals: u64,
-    ) -> Arc<memmap2::Mmap> {
+    ) -> Arc<memmap2::MmapRaw> {
         let mut evicted = Vec::new();
         let mut s = self.shard(name).lock();
         if s.removals != removals {
@@ -404,6 +404,79 @@ impl ObjectStore for LocalObjectStore {
         // Only a hint: pages not populated fault in when copied.
         let _ = map.advise_range(memmap2::Advice::PopulateRead, start, n);
         Ok(Some(Lent::new(map, start, n)))
+    }
+
+    /// In place when the range is inside one [`LEND_WINDOW`] and all of
+    /// it is in the page cache: `fill` gets the range in the window's
+    /// (cached, shared, writable) mapping, so the kernel copies the data
+    /// straight into the page cache. A page whose write-back has since
+    /// cleaned it faults in the kernel's copy; where the fault fails (no
+    /// space for a block a punch released), the copy stops with `EFAULT`,
+    /// which `fill` reports as a short count. The zero check reads the
+    /// filled bytes in user space (see `zero_granules`).
+    fn fill_in_place(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+        granule: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<Option<Filled>> {
+        validate_name(name)?;
+        let aligned = granule.is_power_of_two()
+            && offset.is_multiple_of(granule as u64)
+            && len.is_multiple_of(granule)
+            && granule <= LEND_WINDOW as usize;
+        let Some(end) = offset.checked_add(len as u64) else {
+            return Ok(None);
+        };
+        let index = offset / LEND_WINDOW;
+        if len == 0 || !aligned || self.windows_per_shard == 0 || (end - 1) / LEND_WINDOW != index {
+            return Ok(None);
+        }
+        let shard = self.shard(name);
+        // Before the handle, as in `lend`.
+        let removals = shard.lock().removals;
+        let Some(file) = self.handle(name, false)? else {
+            return Ok(None);
+        };
+        let size = file
+            .metadata()
+            .map_err(|e| StorageError::io(name, e))?
+            .len();
+        if end > size {
+            return Ok(None);
+        }
+        let cached = shard.lock().window(name, index);
+        let map = match cached {
+            Some(map) => map,
+            None => {
+                let Some(map) = map_file(&file, index * LEND_WINDOW, LEND_WINDOW as usize) else {
+                    return Ok(None);
+                };
+                self.cache_window(name, index, Arc::new(map), removals)
+            }
+        };
+        // Inside the window, so the cast cannot truncate.
+        let start = (offset - index * LEND_WINDOW) as usize;
+        // Pages written back since they were last written are mapped
+        // read-only: made writable here, in one call, rather than by a
+        // fault per page in the middle of the fill. Declined if that
+        // fails (no space for a block: `write_at` says so properly).
+        if !resident(&map, start, len)
+            || map
+                .advise_range(memmap2::Advice::PopulateWrite, start, len)
+                .is_err()
+        {
+            return Ok(None);
+        }
+        let n = fill(window_slice(&map, start, len)).min(len);
+        // After the data, as in `write_at`.
+        if n > 0 {
+            self.mark_dirty(name);
+        }
+        let zero = zero_granules(&map, start, n / granule * granule, granule);
+        Ok(Some(Filled { len: n, zero }))
     }
 
     fn write_at(&self, name: &str, offset: u64, data: &[u8]) -> Result<()> {
@@ -609,27 +682,94 @@ pub fn start_file_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// A read-only shared mapping of `file`'s `[offset, offset + len)`, or
-/// `None` if it cannot be made (address space, limits: the caller reads
-/// instead).
+/// A shared mapping of `file`'s `[offset, offset + len)`, readable and
+/// writable, or `None` if it cannot be made (address space, limits: the
+/// caller reads or writes instead). Safe to make: [`memmap2::MmapRaw`]
+/// hands out raw pointers only; see [`Lent`] and
+/// `LocalObjectStore::fill_in_place` for how its bytes are used.
+fn map_file(file: &File, offset: u64, len: usize) -> Option<memmap2::MmapRaw> {
+    memmap2::MmapOptions::new()
+        .offset(offset)
+        .len(len)
+        .map_raw(file)
+        .ok()
+}
+
+/// `map[start..start + len]` as a slice for the kernel to fill; the caller
+/// checked that it is inside the mapping.
+#[allow(unsafe_code, clippy::mut_from_ref)]
+fn window_slice(map: &memmap2::MmapRaw, start: usize, len: usize) -> &mut [u8] {
+    debug_assert!(start <= map.len() && len <= map.len() - start);
+    // SAFETY: the range is inside the mapping, which `map` keeps mapped
+    // while the slice lives. The slice is only handed to system calls
+    // (`ObjectStore::fill_in_place` requires it), which turn a page that
+    // cannot be written into EFAULT instead of SIGBUS. The same bytes may
+    // be in a `Lent` of a concurrent read of the range: neither is ever
+    // dereferenced in user space, and which bytes such a read sees is
+    // undefined anyway (NBD, like a disk, orders no overlapping requests).
+    unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr().add(start), len) }
+}
+
+/// The size of a memory page.
 #[allow(unsafe_code)]
-fn map_file(file: &File, offset: u64, len: usize) -> Option<memmap2::Mmap> {
-    // SAFETY: `Mmap` is a read-only shared mapping of the file. The ways
-    // its bytes could become unreadable are ruled out or contained: this
-    // store never truncates object files, and only bytes below the file's
-    // size are ever lent (a removal keeps the mapped inode alive); a write
-    // or punch of the range only changes the bytes (see
-    // `ObjectStore::lend`); a disk error under an uncached page makes the
-    // `writev` the lent bytes are meant for fail with EFAULT (a read in
-    // user space would get SIGBUS; `Lent` says so). The mapping is `unsafe`
-    // because the compiler cannot see any of that.
-    unsafe {
-        memmap2::MmapOptions::new()
-            .offset(offset)
-            .len(len)
-            .map(file)
+fn page_size() -> usize {
+    static PAGE: OnceLock<usize> = OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf reads a constant of the system; no memory of
+        // ours is involved.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(n)
+            .ok()
+            .filter(|n| n.is_power_of_two())
+            .unwrap_or(4096)
+    })
+}
+
+/// Whether every page of `map[start..start + len]` is in the page cache.
+#[allow(unsafe_code)]
+fn resident(map: &memmap2::MmapRaw, start: usize, len: usize) -> bool {
+    let page = page_size();
+    let from = start / page * page;
+    let to = (start + len).div_ceil(page) * page;
+    if to > map.len() {
+        return false;
     }
-    .ok()
+    let mut pages = vec![0u8; (to - from) / page];
+    // SAFETY: `from` is page aligned (the mapping starts on a page) and
+    // `[from, to)` lies inside the mapping; mincore writes one byte per
+    // page of that range into `pages`, which holds exactly that many. It
+    // only reports on the pages; it faults nothing in.
+    let rc = unsafe {
+        libc::mincore(
+            map.as_mut_ptr().add(from).cast(),
+            to - from,
+            pages.as_mut_ptr(),
+        )
+    };
+    rc == 0 && pages.iter().all(|p| p & 1 != 0)
+}
+
+/// For each `granule` of `map[start..start + len]`, just filled: whether
+/// it is all zero.
+#[allow(unsafe_code)]
+fn zero_granules(map: &memmap2::MmapRaw, start: usize, len: usize, granule: usize) -> Vec<bool> {
+    debug_assert!(start <= map.len() && len <= map.len() - start);
+    // SAFETY: the range is inside the mapping, which `map` keeps mapped
+    // while the slice lives; nothing writes it meanwhile but the kernel
+    // for requests that overlap this write, which NBD leaves unordered.
+    // This is the one read of a mapping in user space, where an
+    // unreadable page is SIGBUS rather than an error: these pages were
+    // written by the fill a moment ago, so they are dirty and in memory,
+    // and the page cache drops a page only once it is clean (written
+    // back) and then only for memory; a read here fails only if both
+    // happened in between and reading the page back from the disk failed
+    // too. A kernel-side read (`process_vm_readv`) took 18 % of the
+    // server's time on 1 MiB writes, more than the copy it saves.
+    let bytes = unsafe { std::slice::from_raw_parts(map.as_ptr().add(start), len) };
+    bytes
+        .chunks(granule)
+        .map(|g| g.iter().all(|&b| b == 0))
+        .collect()
 }
 
 fn open_rw(path: &Path, create: bool) -> io::Result<File> {

@@ -1,6 +1,6 @@
 //! In-memory stores for tests and simulation, with crash simulation.
 
-use crate::{validate_name, MetaOp, MetaStore, ObjectStore, Result};
+use crate::{validate_name, Filled, MetaOp, MetaStore, ObjectStore, Result};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -192,6 +192,47 @@ impl ObjectStore for MemObjectStore {
             .write(offset, data);
         slot.dirty = true;
         Ok(())
+    }
+
+    /// Lends a copy of the range, then writes back what `fill` filled:
+    /// what a store that keeps its bytes in memory would do, for tests of
+    /// callers (every object is "in memory", so only a missing or short
+    /// object is declined).
+    fn fill_in_place(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+        granule: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<Option<Filled>> {
+        validate_name(name)?;
+        let aligned = granule.is_power_of_two()
+            && offset.is_multiple_of(granule as u64)
+            && len.is_multiple_of(granule);
+        let Some(slot) = self.slot(name) else {
+            return Ok(None);
+        };
+        let mut slot = slot.lock();
+        let Some(object) = slot.live.as_mut() else {
+            return Ok(None);
+        };
+        let inside = offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= object.len);
+        if len == 0 || !aligned || !inside {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; len];
+        object.read(offset, &mut buf);
+        let n = fill(&mut buf).min(len);
+        object.write(offset, &buf[..n]);
+        slot.dirty |= n > 0;
+        let zero = buf[..n / granule * granule]
+            .chunks(granule)
+            .map(|g| g.iter().all(|&b| b == 0))
+            .collect();
+        Ok(Some(Filled { len: n, zero }))
     }
 
     fn punch(&self, name: &str, offset: u64, len: u64) -> Result<()> {

@@ -81,6 +81,62 @@ fn object_contract(store: Arc<dyn ObjectStore>, punch_zeroes: bool) {
     assert!(s.lend("../bad", 0, 10).is_err());
     s.remove("lend/large").unwrap();
 
+    // Writes in place, where a store makes them: what the fill put is what
+    // reads give, zero granules are told, a short fill writes only its
+    // part; declined (fill not called) for missing or short objects and
+    // unaligned ranges; bad names are errors.
+    let old = vec![9u8; 64 << 10];
+    s.write_at("inplace/o", 0, &old).unwrap();
+    let mut new: Vec<u8> = (0..16384u32).map(|i| (i % 251) as u8 + 1).collect();
+    new[4096..8192].fill(0);
+    let put = |src: &[u8]| {
+        let src = src.to_vec();
+        move |dst: &mut [u8]| {
+            dst.copy_from_slice(&src);
+            dst.len()
+        }
+    };
+    if let Some(f) = s
+        .fill_in_place("inplace/o", 8192, 16384, 4096, &mut put(&new))
+        .unwrap()
+    {
+        assert_eq!(f.len, 16384);
+        assert_eq!(f.zero, [false, true, false, false]);
+        let mut want = old.clone();
+        want[8192..24576].copy_from_slice(&new);
+        assert_eq!(read(s, "inplace/o", 0, 64 << 10), want);
+    }
+    let short = |dst: &mut [u8]| {
+        dst[..5000].fill(3);
+        5000
+    };
+    if let Some(f) = s
+        .fill_in_place("inplace/o", 32768, 8192, 4096, &mut { short })
+        .unwrap()
+    {
+        assert_eq!(f.len, 5000);
+        assert_eq!(f.zero, [false]);
+        assert_eq!(read(s, "inplace/o", 32768, 5000), vec![3; 5000]);
+        assert_eq!(read(s, "inplace/o", 37768, 3192), vec![9; 3192]);
+    }
+    let never = |_: &mut [u8]| -> usize { panic!("fill called for a declined write") };
+    for (name, off, len) in [
+        ("missing", 0, 4096),
+        ("inplace/o", 61440, 8192),
+        ("inplace/o", 100, 4096),
+        ("inplace/o", 0, 100),
+        ("inplace/o", 0, 0),
+    ] {
+        assert!(s
+            .fill_in_place(name, off, len, 4096, &mut { never })
+            .unwrap()
+            .is_none());
+    }
+    assert!(s
+        .fill_in_place("../bad", 0, 4096, 4096, &mut { never })
+        .is_err());
+    s.remove("inplace/o").unwrap();
+
     // Punch: whole pages and partial ones at both ends; the length is kept.
     s.punch("img/big", 1000, 12_000).unwrap();
     let got = read(s, "img/big", 0, 20_000);
@@ -813,4 +869,72 @@ fn sync_objects_makes_only_the_named_objects_durable() {
         .unwrap();
     assert_eq!(read(&local, "img/2.1", 0, 4), b"more");
     assert_eq!(local.list("").unwrap(), vec!["img/2.1"]);
+}
+
+/// Drops `path`'s pages from the page cache (they must be clean).
+fn evict(path: &std::path::Path) {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: posix_fadvise only reads its integer arguments; `f` keeps
+    // the descriptor open for the call.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+}
+
+#[test]
+fn local_store_fills_in_place_what_is_in_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalObjectStore::open(dir.path()).unwrap();
+    let window = LEND_WINDOW as usize;
+    let old: Vec<u8> = (0..2 * window).map(|i| (i % 239) as u8 + 1).collect();
+    s.write_at("p/o", 0, &old).unwrap();
+    let data = vec![0x5Au8; 1 << 20];
+    let mut fill = |dst: &mut [u8]| {
+        dst.copy_from_slice(&data[..dst.len()]);
+        dst.len()
+    };
+    // In the page cache (just written): in place, seen by reads and lent
+    // reads alike.
+    let f = s
+        .fill_in_place("p/o", 1 << 20, 1 << 20, 4096, &mut fill)
+        .unwrap()
+        .expect("a local store fills what is cached in place");
+    assert_eq!(f.len, 1 << 20);
+    assert!(f.zero.iter().all(|z| !z));
+    assert_eq!(read(&s, "p/o", 1 << 20, 1 << 20), data);
+    assert_eq!(
+        s.lend("p/o", 1 << 20, 4096).unwrap().unwrap().as_bytes(),
+        &data[..4096]
+    );
+    // Across two windows: declined.
+    assert!(s
+        .fill_in_place("p/o", (window - 4096) as u64, 8192, 4096, &mut fill)
+        .unwrap()
+        .is_none());
+    // Not in the page cache: declined (a write in place would read it
+    // from the disk first).
+    s.sync().unwrap();
+    let cold = LocalObjectStore::open(dir.path()).unwrap();
+    evict(&dir.path().join("p/o"));
+    assert!(cold
+        .fill_in_place("p/o", window as u64, 1 << 20, 4096, &mut fill)
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        read(&cold, "p/o", window as u64, 4096),
+        &old[window..window + 4096]
+    );
+    // Cached again (the read above brought it in, with readahead).
+    assert!(cold
+        .fill_in_place("p/o", window as u64, 4096, 4096, &mut fill)
+        .unwrap()
+        .is_some());
+    // Without lend windows, nothing is lent for writing either.
+    let none = LocalObjectStore::open_with_limits(dir.path(), 64, 0).unwrap();
+    assert!(none
+        .fill_in_place("p/o", 0, 4096, 4096, &mut fill)
+        .unwrap()
+        .is_none());
 }
