@@ -616,6 +616,133 @@ impl ImageState {
         Ok(())
     }
 
+    /// [`Image::write_in_place`]: `Ok(false)` when declined.
+    pub(crate) fn write_in_place(
+        &self,
+        off: u64,
+        len: usize,
+        src: &mut dyn FnMut(&mut [u8]) -> std::io::Result<usize>,
+    ) -> Result<bool> {
+        let _g = self.gate.read();
+        let p = self.params();
+        self.check_range(off, len as u64, p.size)?;
+        let objno = off / p.obj_size;
+        let obj_off = off % p.obj_size;
+        if len == 0
+            || obj_off + len as u64 > p.obj_size
+            || !obj_off.is_multiple_of(BLOCK)
+            || !(len as u64).is_multiple_of(BLOCK)
+        {
+            return Ok(false);
+        }
+        let mut written = false;
+        self.modify(&p, objno, |st, m| {
+            written = st.fill_object(m, &p, objno, obj_off, len, src)?;
+            Ok(())
+        })?;
+        Ok(written)
+    }
+
+    /// The part of [`ImageState::write_in_place`] under the object's lock,
+    /// after copy-up: what `write_object` does with data from a buffer,
+    /// for data the store let `src` put in place.
+    fn fill_object(
+        &self,
+        m: &mut ObjectMeta,
+        p: &IoParams,
+        objno: u64,
+        obj_off: u64,
+        len: usize,
+        src: &mut dyn FnMut(&mut [u8]) -> std::io::Result<usize>,
+    ) -> Result<bool> {
+        let gen = p.seq;
+        // Only into an object whose every block is data of the head's
+        // generation: its file has no holes. A write fault allocates every
+        // block of the page cache folio it lands in (ext4: 64 KiB folios
+        // after our 64 KiB writes, larger after readahead), so a hole that
+        // shares a folio with the range (a zero block punched) would be
+        // allocated again, as zeros: the same reads, space lost.
+        let whole = m
+            .version(gen)
+            .is_some_and(|v| v.present.count() == v.present.len() && !v.zero.any());
+        if !whole {
+            return Ok(false);
+        }
+        let name = self.name(objno, gen);
+        let mut failed = None;
+        let mut fill = |buf: &mut [u8]| match src(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                failed = Some(e);
+                0
+            }
+        };
+        let Some(filled) =
+            self.data
+                .fill_in_place(&name, obj_off, len, BLOCK as usize, &mut fill)?
+        else {
+            return Ok(false);
+        };
+        let source_failed = |e| Error::Io {
+            what: "receiving the data of a write".into(),
+            source: e,
+        };
+        if let Some(e) = failed {
+            return Err(source_failed(e));
+        }
+        // The whole blocks that came in, as `write_object` handles them:
+        // data shadows what older generations hold there (released if no
+        // snapshot needs it any more); zeros become zero blocks, and their
+        // space is punched.
+        let b0 = (obj_off >> BLOCK_SHIFT) as usize;
+        let mut punch = Vec::new();
+        let mut i = 0;
+        while i < filled.zero.len() {
+            let s = i;
+            if filled.zero[i] {
+                // Every block held data (`whole`), so this one is punched.
+                self.zero_block(m, p, objno, b0 + i, &mut punch);
+                i += 1;
+                continue;
+            }
+            while i < filled.zero.len() && !filled.zero[i] {
+                i += 1;
+            }
+            for b in b0 + s..b0 + i {
+                self.release_shadowed(m, p, objno, b);
+            }
+            let v = m.version_mut(gen);
+            v.present.set_range(b0 + s, b0 + i, true);
+            v.zero.set_range(b0 + s, b0 + i, false);
+        }
+        let done = filled.zero.len() * BLOCK as usize;
+        if filled.len < len {
+            // The kernel could not write a page (no space for a punched
+            // block, say). The rest comes into a buffer and is written as
+            // any other write is, with the part of its first block that is
+            // in place already read back: that gives the real error, or the
+            // write completes.
+            let mut rest = vec![0u8; len - done];
+            let have = filled.len - done;
+            self.data
+                .read_at(&name, obj_off + done as u64, &mut rest[..have])?;
+            let want = rest.len() - have;
+            match src(&mut rest[have..]) {
+                Ok(n) if n == want => {}
+                Ok(_) => {
+                    return Err(source_failed(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the data source stopped short",
+                    )))
+                }
+                Err(e) => return Err(source_failed(e)),
+            }
+            self.write_object(m, p, objno, obj_off + done as u64, &rest, false)?;
+        }
+        self.punch_blocks(objno, gen, &punch)?;
+        Ok(true)
+    }
+
     /// Makes `[off, off+len)` of the head read as zero, releasing space.
     pub(crate) fn zero(&self, off: u64, len: u64) -> Result<()> {
         let _g = self.gate.read();
@@ -1706,6 +1833,39 @@ impl Image {
         let start = std::time::Instant::now();
         let r = self.st.write(offset, data, false);
         self.st.io.record(start);
+        r
+    }
+
+    /// Writes `len` bytes at `offset` whose data `src` receives straight
+    /// into the page cache of the object they go to, where the object
+    /// store can lend it ([`vdisk_storage::ObjectStore::fill_in_place`]):
+    /// for an NBD server's large WRITE, so the kernel copies the payload
+    /// once, from the socket, instead of into a buffer and from there to
+    /// the page cache. The result is that of [`Image::write_at`] with the
+    /// same data.
+    ///
+    /// `src` fills the slice it is given from its start and returns how
+    /// many bytes it filled: all of them, or fewer when the kernel could
+    /// not write a page of the slice (`EFAULT` after part of it); it is
+    /// then called again with a buffer for the rest. An error from `src`
+    /// fails the write. `src` must hand the slice to the kernel and never
+    /// read or write it itself (see `fill_in_place`).
+    ///
+    /// `Ok(false)`, without `src` called and with nothing changed: not
+    /// done in place (the range is not block aligned, crosses objects,
+    /// is not in memory, or the store cannot lend); use `write_at`.
+    pub fn write_in_place(
+        &self,
+        offset: u64,
+        len: usize,
+        src: &mut dyn FnMut(&mut [u8]) -> std::io::Result<usize>,
+    ) -> Result<bool> {
+        self.writable()?;
+        let start = std::time::Instant::now();
+        let r = self.st.write_in_place(offset, len, src);
+        if !matches!(r, Ok(false)) {
+            self.st.io.record(start);
+        }
         r
     }
 

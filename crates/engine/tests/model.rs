@@ -438,9 +438,35 @@ impl World {
                 let size = self.imgs[i].head.len() as u64;
                 let (off, len) = resolve(range, size, obj);
                 let buf = pattern(pat, seed, off, len);
-                self.log
-                    .push(format!("write {} {off}+{len} pat {pat}", self.imgs[i].name));
-                self.head(i).write_at(off, &buf).unwrap();
+                // A quarter of the writes in place, a quarter in place with
+                // the first fill stopping short (as a receive does when the
+                // kernel cannot write a page); the rest, and those the
+                // engine declines (unaligned, across objects), by write_at.
+                let mode = seed % 4;
+                let short = (seed >> 8) as usize % (len as usize + 1);
+                self.log.push(format!(
+                    "write {} {off}+{len} pat {pat} mode {mode} short {short}",
+                    self.imgs[i].name
+                ));
+                let head = self.head(i);
+                let in_place = mode >= 2 && {
+                    let (mut calls, mut at) = (0, 0usize);
+                    head.write_in_place(off, len as usize, &mut |dst| {
+                        calls += 1;
+                        let n = if calls == 1 && mode == 3 {
+                            dst.len().min(short)
+                        } else {
+                            dst.len()
+                        };
+                        dst[..n].copy_from_slice(&buf[at..at + n]);
+                        at += n;
+                        Ok(n)
+                    })
+                    .unwrap()
+                };
+                if !in_place {
+                    head.write_at(off, &buf).unwrap();
+                }
                 let m = &mut self.imgs[i];
                 m.head[off as usize..(off + len) as usize].copy_from_slice(&buf);
                 m.fully_discarded = false;
