@@ -235,6 +235,9 @@ pub(crate) struct ExportStats {
     pub received: AtomicU64,
     pub sent: AtomicU64,
     pub ops: [OpStats; Op::ALL.len()],
+    /// Large WRITEs whose payload was received straight into the page
+    /// cache (see `transmission`, `write_in_place`).
+    pub writes_in_place: AtomicU64,
 }
 
 /// One connection, as registered.
@@ -579,6 +582,11 @@ impl ConnHandle {
     pub fn received(&self, n: usize) {
         self.0.received.fetch_add(n as u64, Ordering::Relaxed);
         self.0.stats.received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a WRITE received in place.
+    pub fn wrote_in_place(&self) {
+        self.0.stats.writes_in_place.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts `n` bytes sent to the client.

@@ -27,6 +27,16 @@
 //! At shutdown the socket is shut for reading, which wakes the thread
 //! waiting in `recv`.
 //!
+//! **Writes in place.** Before that, a large WRITE is offered to the
+//! engine to receive straight into the page cache
+//! ([`Image::write_in_place`]): the thread whose turn it is waits until
+//! the whole payload is in the socket, lets the engine's `recv` copy it
+//! into the object's pages (one copy instead of two), replies and reads
+//! on, keeping its turn. Declined (not in the page cache, holes, a Unix
+//! socket that does not hold the payload yet...), the WRITE goes the way
+//! above. See `ConnThreads::write_in_place` and ARCHITECTURE.md, "Writes
+//! in place".
+//!
 //! Every reply is built whole before it is sent, so replies of different
 //! requests never interleave on the wire and a READ that fails half-way
 //! sends an error, never part of its data. (A large READ's data is lent
@@ -568,6 +578,14 @@ impl ConnThreads {
             let may_inline = may_run_inline(&req);
             let ours =
                 req.command == Command::Write && may_inline && !quick && r.inline.runs_here();
+            let mut permits = permits;
+            if ours {
+                match self.write_in_place(r, &req, permits, received) {
+                    InPlace::Declined(p) => permits = p,
+                    InPlace::Done => continue,
+                    InPlace::End(end) => return Next::End(end),
+                }
+            }
             let (mut payload, mut payload_at) = (Vec::new(), 0);
             if req.command == Command::Write {
                 if ours || r.input.buffered() < req.length as usize {
@@ -611,6 +629,96 @@ impl ConnThreads {
             });
         }
     }
+}
+
+impl ConnThreads {
+    /// Runs and answers a large WRITE whose payload the engine receives
+    /// straight into the page cache ([`Image::write_in_place`]): one copy
+    /// of the data instead of two (into the buffer, from it to the page
+    /// cache). Only when all of the payload is in the socket already, so
+    /// the receive never waits for the client while the engine holds the
+    /// object (a client that stops half-way through a payload holds up
+    /// nobody's snapshot), and none of it was buffered (the buffer would
+    /// have to be copied into the page cache by us, in user space, where a
+    /// full disk is `SIGBUS`). The thread keeps its turn throughout: the
+    /// socket is what it works on.
+    fn write_in_place(
+        &self,
+        r: &mut Reader,
+        req: &RequestHeader,
+        permits: Permits,
+        received: Instant,
+    ) -> InPlace {
+        let session = &self.session;
+        let len = req.length as usize;
+        if session.image.barrier_pending() || r.input.buffered() != 0 {
+            return InPlace::Declined(permits);
+        }
+        // Before anything that may wait (see `Reader::parsed`).
+        r.inline.dispatch(&mut r.parsed);
+        if !r.input.ready_direct(len) || session.image.barrier_pending() {
+            return InPlace::Declined(permits);
+        }
+        let mut consumed = 0usize;
+        let mut gone = None;
+        let input = &mut r.input;
+        let mut src = |buf: &mut [u8]| match input.recv_direct(buf) {
+            Ok(n) => {
+                consumed += n;
+                Ok(n)
+            }
+            Err(e) => {
+                let kind = e.kind();
+                gone = Some(e);
+                Err(io::Error::from(kind))
+            }
+        };
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            session.image.write_in_place(req.offset, len, &mut src)
+        }));
+        let Ok(result) = result else {
+            // What was received of the payload is unknown: the connection
+            // cannot go on.
+            error!(export = %session.export, offset = req.offset, "request panicked");
+            return InPlace::End(End::Violation("internal error: a write panicked".into()));
+        };
+        if let Some(e) = gone {
+            return InPlace::End(End::from_payload_read(e, &r.stop));
+        }
+        let mut out = buffers().take(64);
+        let built = match result {
+            Ok(false) => return InPlace::Declined(permits),
+            Ok(true) => {
+                session.conn.wrote_in_place();
+                Built::ok(put_front(&mut out, &simple_reply_header(req.cookie, None)))
+            }
+            Err(e) => {
+                // The rest of the payload is on the wire all the same.
+                if let Err(e) = r.input.discard((len - consumed.min(len)) as u32) {
+                    return InPlace::End(End::from_payload_read(e, &r.stop));
+                }
+                Built::failed(engine_failure(session, req, &e, &mut out))
+            }
+        };
+        session.record(req, received, built.ok);
+        self.sink.expect(false);
+        self.sink.send(
+            Reply::at(out, built.start..built.end, Some(permits)),
+            false,
+            false,
+        );
+        InPlace::Done
+    }
+}
+
+/// How [`ConnThreads::write_in_place`] went.
+enum InPlace {
+    /// Not done, nothing received: the usual way, with these permits.
+    Declined(Permits),
+    /// Done and answered.
+    Done,
+    /// The reading is over.
+    End(End),
 }
 
 /// Counts a connection thread out when it ends, however it ends: a thread
@@ -855,6 +963,13 @@ trait Recv {
     /// Receives into `buf`: waits for at least one byte (for all of `buf`
     /// with `all`); 0 at the end of the stream.
     fn recv(&mut self, buf: &mut [u8], all: bool) -> io::Result<usize>;
+
+    /// Bytes that a receive would get without waiting.
+    fn queued(&self) -> io::Result<usize>;
+
+    /// Waits until `len` bytes are queued, or as many as can be (see
+    /// [`Socket::wait_queued`]).
+    fn wait_queued(&mut self, len: usize) -> io::Result<()>;
 }
 
 /// The connection's socket, counting the bytes received.
@@ -868,6 +983,15 @@ impl Recv for Received {
         let n = self.socket.recv(buf, all)?;
         self.conn.received(n);
         Ok(n)
+    }
+
+    fn queued(&self) -> io::Result<usize> {
+        let n = rustix::io::ioctl_fionread(&self.socket)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn wait_queued(&mut self, len: usize) -> io::Result<()> {
+        self.socket.wait_queued(len)
     }
 }
 
@@ -944,6 +1068,37 @@ impl<R: Recv> Input<R> {
         header.copy_from_slice(&self.buf[self.start..self.start + REQUEST_HEADER_LEN]);
         self.start += REQUEST_HEADER_LEN;
         Ok(header)
+    }
+
+    /// Whether the next `len` bytes can be received straight into a
+    /// payload's destination by [`Input::recv_direct`] without waiting:
+    /// none of them is buffered here, and all of them are in the socket,
+    /// after waiting for them to come in (as a receive of them would).
+    fn ready_direct(&mut self, len: usize) -> bool {
+        if self.buffered() != 0 {
+            return false;
+        }
+        let queued = |rd: &R| rd.queued().is_ok_and(|q| q >= len);
+        queued(&self.rd) || (self.rd.wait_queued(len).is_ok() && queued(&self.rd))
+    }
+
+    /// Receives `out` (a WRITE payload, nothing of it buffered) straight
+    /// from the socket. Fewer bytes than `out` holds only when the kernel
+    /// could not write to `out` (`EFAULT`: a page of a file mapping without
+    /// space behind it); the rest is still in the socket.
+    fn recv_direct(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        debug_assert_eq!(self.buffered(), 0);
+        let mut done = 0;
+        while done < out.len() {
+            match self.rd.recv(&mut out[done..], true) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(e) if e.raw_os_error() == Some(libc::EFAULT) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        self.after_large = true;
+        Ok(done)
     }
 
     /// Fills `out` (a WRITE payload).
@@ -1651,6 +1806,14 @@ mod tests {
             buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
             self.at += n;
             Ok(n)
+        }
+
+        fn queued(&self) -> io::Result<usize> {
+            Ok(self.data.len() - self.at)
+        }
+
+        fn wait_queued(&mut self, _len: usize) -> io::Result<()> {
+            Ok(())
         }
     }
 

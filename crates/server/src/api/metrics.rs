@@ -5,6 +5,8 @@
 //! - `vdisk_nbd_connections` (gauge), `vdisk_nbd_connections_total`;
 //! - `vdisk_nbd_received_bytes_total`, `vdisk_nbd_sent_bytes_total`: bytes
 //!   on the wire in transmission;
+//! - `vdisk_nbd_writes_in_place_total`: large WRITEs whose payload was
+//!   received straight into the page cache;
 //! - per `op` (`read`, `write`, `write_zeroes`, `trim`, `flush`,
 //!   `block_status`, `cache`, `other`): `vdisk_nbd_requests_total`,
 //!   `vdisk_nbd_request_errors_total`, `vdisk_nbd_request_bytes_total`
@@ -81,6 +83,14 @@ pub(crate) fn render(registry: &Registry) -> String {
         "counter",
         "Bytes sent to NBD clients in transmission (replies and data).",
         &|s| s.sent.load(Ordering::Relaxed),
+    );
+
+    per_export(
+        &mut out,
+        "vdisk_nbd_writes_in_place_total",
+        "counter",
+        "Large WRITEs whose payload was received straight into the page cache (one copy of the data, not two).",
+        &|s| s.writes_in_place.load(Ordering::Relaxed),
     );
 
     // Per op: only ops seen on the export.

@@ -123,6 +123,29 @@ impl Socket {
         }
     }
 
+    /// Waits, without receiving anything, until `len` bytes are queued to
+    /// be received, or fewer if no more can come in before some are
+    /// received (the window is full: Linux then wakes the waiter anyway),
+    /// or the stream ends or is shut down. TCP only: a Unix socket
+    /// returns at once. What is queued then is for the caller to check.
+    pub(crate) fn wait_queued(&self, len: usize) -> io::Result<()> {
+        let Socket::Tcp(s) = self else {
+            return Ok(());
+        };
+        set_receive_low_water(s, libc::c_int::try_from(len).unwrap_or(libc::c_int::MAX))?;
+        let flags = rustix::event::PollFlags::IN | rustix::event::PollFlags::RDHUP;
+        let waited = loop {
+            let mut fds = [rustix::event::PollFd::new(self, flags)];
+            match rustix::event::poll(&mut fds, None) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => break r.map(drop),
+            }
+        };
+        let back = set_receive_low_water(s, 1);
+        waited?;
+        back
+    }
+
     /// Sends what fits without waiting; `WouldBlock` when nothing does.
     fn send_now(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
@@ -144,23 +167,28 @@ impl Socket {
 /// many bytes, and setting it back to 1 keeps the buffer and the usual
 /// wake-ups. Neither std, socket2 nor rustix wraps `SO_RCVLOWAT`.
 fn grow_receive_buffer(s: &std::net::TcpStream, window: libc::c_int) -> io::Result<()> {
-    for value in [window, 1] {
-        // SAFETY: `s` is an open socket for the whole call; the option
-        // value is a live c_int and its exact size is passed, which is
-        // what the kernel reads for SO_RCVLOWAT.
-        #[allow(unsafe_code)]
-        let r = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    set_receive_low_water(s, window)?;
+    set_receive_low_water(s, 1)
+}
+
+/// Sets `SO_RCVLOWAT`: how many bytes must be queued before a receive
+/// (or a poll) on `s` is woken.
+fn set_receive_low_water(s: &std::net::TcpStream, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `s` is an open socket for the whole call; the option value
+    // is a live c_int and its exact size is passed, which is what the
+    // kernel reads for SO_RCVLOWAT.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
