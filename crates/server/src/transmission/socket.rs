@@ -58,6 +58,11 @@ pub(crate) const TCP_UNSENT_MAX: u32 = 2 << 20;
 /// from 102 to 59, below nbdkit's 250 / 70 (BENCHMARKS.md).
 pub(crate) const TCP_RECV_WINDOW: libc::c_int = 16 << 20;
 
+/// [`Socket::wait_queued`] waits for a payload only if the receive buffer
+/// holds this many times its length (the kernel's buffer space for a window
+/// is up to twice the window).
+const WAIT_BUFFER_FACTOR: usize = 4;
+
 /// A connected TCP or Unix socket, in blocking mode.
 #[derive(Debug)]
 pub(crate) enum Socket {
@@ -126,12 +131,23 @@ impl Socket {
     /// Waits, without receiving anything, until `len` bytes are queued to
     /// be received, or fewer if no more can come in before some are
     /// received (the window is full: Linux then wakes the waiter anyway),
-    /// or the stream ends or is shut down. TCP only: a Unix socket
-    /// returns at once. What is queued then is for the caller to check.
+    /// or the stream ends or is shut down. TCP only, and only with a
+    /// receive buffer of at least [`WAIT_BUFFER_FACTOR`] times `len`:
+    /// otherwise (and on a Unix socket) it returns at once. What is
+    /// queued then is for the caller to check.
     pub(crate) fn wait_queued(&self, len: usize) -> io::Result<()> {
         let Socket::Tcp(s) = self else {
             return Ok(());
         };
+        // Raising SO_RCVLOWAT above what the buffer holds grows the buffer
+        // and clamps the window to the new low-water mark, for good
+        // (`tcp_set_rcvlowat`): a buffer shrunk under memory pressure would
+        // leave the connection with a window of one payload.
+        if rustix::net::sockopt::socket_recv_buffer_size(self)?
+            < len.saturating_mul(WAIT_BUFFER_FACTOR)
+        {
+            return Ok(());
+        }
         set_receive_low_water(s, libc::c_int::try_from(len).unwrap_or(libc::c_int::MAX))?;
         let flags = rustix::event::PollFlags::IN | rustix::event::PollFlags::RDHUP;
         let waited = loop {
@@ -379,6 +395,56 @@ mod tests {
             "one byte waited {:?}",
             start.elapsed()
         );
+    }
+
+    #[test]
+    fn waiting_for_a_payload_returns_once_all_of_it_is_queued() {
+        use std::io::Write;
+        use std::time::{Duration, Instant};
+        let (_rt, server, client) = tcp_pair();
+        let mut client = client.into_std().expect("std");
+        client.set_nonblocking(false).expect("blocking");
+        let socket = Socket::from_tcp(server).expect("socket");
+        let len = 256 << 10;
+        let sender = std::thread::spawn(move || {
+            // Half, a pause, the rest: the wait must outlast the pause.
+            client.write_all(&vec![1u8; len / 2]).expect("send");
+            std::thread::sleep(Duration::from_millis(200));
+            client.write_all(&vec![2u8; len / 2]).expect("send");
+            client
+        });
+        let start = Instant::now();
+        socket.wait_queued(len).expect("wait");
+        assert!(start.elapsed() >= Duration::from_millis(150), "woke early");
+        let queued = rustix::io::ioctl_fionread(&socket).expect("FIONREAD");
+        assert!(queued >= len as u64, "{queued} of {len} queued");
+        let mut client = sender.join().expect("sender");
+        // The low-water mark is back at 1: one byte wakes a receive.
+        let mut got = vec![0u8; len];
+        assert_eq!(socket.recv(&mut got, true).expect("recv"), len);
+        if let Socket::Tcp(s) = &socket {
+            // (A receive waiting for more gives up with what it has only
+            // at the timeout.)
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+        }
+        client.write_all(b"x").expect("send");
+        let start = Instant::now();
+        assert_eq!(socket.recv(&mut [0u8; 64], false).expect("recv"), 1);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "one byte waited {:?}",
+            start.elapsed()
+        );
+        // A shutdown for reading (the server stopping) ends a wait.
+        let other = socket.try_clone().expect("clone");
+        let waiting = std::thread::spawn(move || socket.wait_queued(len));
+        std::thread::sleep(Duration::from_millis(50));
+        other.shutdown(Shutdown::Read).expect("shutdown");
+        waiting.join().expect("thread").expect("wait");
+        // A Unix socket does not wait.
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        Socket::Unix(a).wait_queued(len).expect("no wait");
     }
 
     #[test]
