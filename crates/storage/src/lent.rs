@@ -61,3 +61,13 @@ pub struct Filled {
     /// For each whole granule of the filled bytes, in order: all zero.
     pub zero: Vec<bool>,
 }
+
+/// Whether `len` bytes at `offset` are whole granules (`granule` a power
+/// of two), at least one: what [`crate::ObjectStore::fill_in_place`]
+/// takes.
+pub(crate) fn granules_fit(offset: u64, len: usize, granule: usize) -> bool {
+    granule.is_power_of_two()
+        && len > 0
+        && offset.is_multiple_of(granule as u64)
+        && len.is_multiple_of(granule)
+}

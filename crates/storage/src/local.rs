@@ -220,6 +220,25 @@ impl LocalObjectStore {
         Ok(Some(file))
     }
 
+    /// Window `index` of `name` (open as `file`), from the cache or
+    /// mapped and cached now; `None` if it cannot be mapped. The whole
+    /// window, also past the file's end: the file may grow into it, and
+    /// only bytes inside the file are ever lent or filled. `removals` as
+    /// read before `file` was opened (see [`LocalObjectStore::cache_window`]).
+    fn window(
+        &self,
+        name: &str,
+        index: u64,
+        file: &File,
+        removals: u64,
+    ) -> Option<Arc<memmap2::MmapRaw>> {
+        if let Some(map) = self.shard(name).lock().window(name, index) {
+            return Some(map);
+        }
+        let map = map_file(file, index * LEND_WINDOW, LEND_WINDOW as usize)?;
+        Some(self.cache_window(name, index, Arc::new(map), removals))
+    }
+
     /// Caches `map`, window `index` of `name`, unless the object was removed
     /// since `removals` was read or the window is cached already (then that
     /// mapping is returned); evicts another object's windows if the shard
@@ -365,9 +384,8 @@ impl ObjectStore for LocalObjectStore {
 
     fn lend(&self, name: &str, offset: u64, len: usize) -> Result<Option<Lent>> {
         validate_name(name)?;
-        let shard = self.shard(name);
         // Before the handle: a mapping made across an unlink is not cached.
-        let removals = shard.lock().removals;
+        let removals = self.shard(name).lock().removals;
         let Some(file) = self.handle(name, false)? else {
             return Ok(None);
         };
@@ -385,17 +403,8 @@ impl ObjectStore for LocalObjectStore {
             // Across windows: a mapping of its own.
             return Ok(map_file(&file, offset, n).map(|map| Lent::new(Arc::new(map), 0, n)));
         }
-        let cached = shard.lock().window(name, index);
-        let map = match cached {
-            Some(map) => map,
-            None => {
-                // The whole window, also past the file's end: the file may
-                // grow into it, and only bytes inside it are ever lent.
-                let Some(map) = map_file(&file, index * LEND_WINDOW, LEND_WINDOW as usize) else {
-                    return Ok(None);
-                };
-                self.cache_window(name, index, Arc::new(map), removals)
-            }
+        let Some(map) = self.window(name, index, &file, removals) else {
+            return Ok(None);
         };
         // The range is a window's part, so the casts cannot truncate.
         let start = (offset - index * LEND_WINDOW) as usize;
@@ -423,20 +432,17 @@ impl ObjectStore for LocalObjectStore {
         fill: &mut dyn FnMut(&mut [u8]) -> usize,
     ) -> Result<Option<Filled>> {
         validate_name(name)?;
-        let aligned = granule.is_power_of_two()
-            && offset.is_multiple_of(granule as u64)
-            && len.is_multiple_of(granule)
-            && granule <= LEND_WINDOW as usize;
+        let aligned =
+            crate::lent::granules_fit(offset, len, granule) && granule <= LEND_WINDOW as usize;
         let Some(end) = offset.checked_add(len as u64) else {
             return Ok(None);
         };
         let index = offset / LEND_WINDOW;
-        if len == 0 || !aligned || self.windows_per_shard == 0 || (end - 1) / LEND_WINDOW != index {
+        if !aligned || self.windows_per_shard == 0 || (end - 1) / LEND_WINDOW != index {
             return Ok(None);
         }
-        let shard = self.shard(name);
         // Before the handle, as in `lend`.
-        let removals = shard.lock().removals;
+        let removals = self.shard(name).lock().removals;
         let Some(file) = self.handle(name, false)? else {
             return Ok(None);
         };
@@ -447,15 +453,8 @@ impl ObjectStore for LocalObjectStore {
         if end > size {
             return Ok(None);
         }
-        let cached = shard.lock().window(name, index);
-        let map = match cached {
-            Some(map) => map,
-            None => {
-                let Some(map) = map_file(&file, index * LEND_WINDOW, LEND_WINDOW as usize) else {
-                    return Ok(None);
-                };
-                self.cache_window(name, index, Arc::new(map), removals)
-            }
+        let Some(map) = self.window(name, index, &file, removals) else {
+            return Ok(None);
         };
         // Inside the window, so the cast cannot truncate.
         let start = (offset - index * LEND_WINDOW) as usize;

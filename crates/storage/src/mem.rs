@@ -207,9 +207,7 @@ impl ObjectStore for MemObjectStore {
         fill: &mut dyn FnMut(&mut [u8]) -> usize,
     ) -> Result<Option<Filled>> {
         validate_name(name)?;
-        let aligned = granule.is_power_of_two()
-            && offset.is_multiple_of(granule as u64)
-            && len.is_multiple_of(granule);
+        let aligned = crate::lent::granules_fit(offset, len, granule);
         let Some(slot) = self.slot(name) else {
             return Ok(None);
         };
@@ -220,7 +218,7 @@ impl ObjectStore for MemObjectStore {
         let inside = offset
             .checked_add(len as u64)
             .is_some_and(|end| end <= object.len);
-        if len == 0 || !aligned || !inside {
+        if !aligned || !inside {
             return Ok(None);
         }
         let mut buf = vec![0u8; len];
