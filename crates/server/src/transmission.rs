@@ -685,19 +685,22 @@ impl ConnThreads {
         if let Some(e) = gone {
             return InPlace::End(End::from_payload_read(e, &r.stop));
         }
-        let mut out = buffers().take(64);
-        let built = match result {
+        let (out, built) = match result {
             Ok(false) => return InPlace::Declined(permits),
             Ok(true) => {
                 session.conn.wrote_in_place();
-                Built::ok(put_front(&mut out, &simple_reply_header(req.cookie, None)))
+                let mut out = buffers().take(64);
+                let len = put_front(&mut out, &simple_reply_header(req.cookie, None));
+                (out, Built::ok(len))
             }
             Err(e) => {
                 // The rest of the payload is on the wire all the same.
                 if let Err(e) = r.input.discard((len - consumed.min(len)) as u32) {
                     return InPlace::End(End::from_payload_read(e, &r.stop));
                 }
-                Built::failed(engine_failure(session, req, &e, &mut out))
+                let mut out = buffers().take(64);
+                let built = Built::failed(engine_failure(session, req, &e, &mut out));
+                (out, built)
             }
         };
         session.record(req, received, built.ok);
