@@ -1609,20 +1609,49 @@ mod tests {
     /// Serves `image` on one end of a socket pair, as after a handshake
     /// (simple replies); the client gets the other end.
     struct Served {
-        client: std::os::unix::net::UnixStream,
+        client: Box<dyn Stream>,
         stop: watch::Sender<bool>,
         summary: Option<tokio::task::JoinHandle<Summary>>,
         rt: tokio::runtime::Runtime,
     }
 
+    /// The client's end of a [`Served`] connection.
+    trait Stream: std::io::Read + std::io::Write + Send {}
+    impl<T: std::io::Read + std::io::Write + Send> Stream for T {}
+
     impl Served {
+        /// Serves `image` over a Unix socket pair.
         fn new(image: Image) -> Self {
+            Self::start(image, false)
+        }
+
+        /// Serves `image` over loopback TCP.
+        fn tcp(image: Image) -> Self {
+            Self::start(image, true)
+        }
+
+        fn start(image: Image, tcp: bool) -> Self {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .expect("runtime");
-            let (client, server) = std::os::unix::net::UnixStream::pair().expect("pair");
+            let (client, socket): (Box<dyn Stream>, Socket) = if tcp {
+                let (server, client) = rt.block_on(async {
+                    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .expect("bind");
+                    let addr = l.local_addr().expect("addr");
+                    let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                    (l.accept().await.expect("accept").0, c)
+                });
+                let client = client.into_std().expect("std");
+                client.set_nonblocking(false).expect("blocking");
+                (Box::new(client), Socket::from_tcp(server).expect("socket"))
+            } else {
+                let (client, server) = std::os::unix::net::UnixStream::pair().expect("pair");
+                (Box::new(client), Socket::Unix(server))
+            };
             let (stop, stopped) = watch::channel(false);
             let negotiated = Negotiated {
                 export: "i".into(),
@@ -1653,7 +1682,6 @@ mod tests {
                         false,
                     )
                     .expect("conn");
-                let socket = Socket::Unix(server);
                 serve(
                     socket,
                     Vec::new(),
@@ -1755,6 +1783,85 @@ mod tests {
         let summary = served.summary();
         assert!(matches!(summary.end, End::Disconnect), "{}", summary.end);
         assert_eq!((summary.requests, summary.failed), (2, 0));
+    }
+
+    /// An in-memory store whose writes in place fail, as a full disk
+    /// would make them, counting them.
+    #[derive(Debug, Default)]
+    struct FullForFills {
+        inner: MemObjectStore,
+        fills: std::sync::atomic::AtomicUsize,
+    }
+
+    impl vdisk_storage::ObjectStore for FullForFills {
+        fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> vdisk_storage::Result<()> {
+            self.inner.read_at(name, offset, buf)
+        }
+        fn write_at(&self, name: &str, offset: u64, data: &[u8]) -> vdisk_storage::Result<()> {
+            self.inner.write_at(name, offset, data)
+        }
+        fn fill_in_place(
+            &self,
+            name: &str,
+            _offset: u64,
+            _len: usize,
+            _granule: usize,
+            _fill: &mut dyn FnMut(&mut [u8]) -> usize,
+        ) -> vdisk_storage::Result<Option<vdisk_storage::Filled>> {
+            self.fills.fetch_add(1, Ordering::SeqCst);
+            Err(vdisk_storage::StorageError::io(
+                name,
+                io::Error::from_raw_os_error(libc::ENOSPC),
+            ))
+        }
+        fn punch(&self, name: &str, offset: u64, len: u64) -> vdisk_storage::Result<()> {
+            self.inner.punch(name, offset, len)
+        }
+        fn remove(&self, name: &str) -> vdisk_storage::Result<()> {
+            self.inner.remove(name)
+        }
+        fn sync(&self) -> vdisk_storage::Result<()> {
+            self.inner.sync()
+        }
+        fn list(&self, prefix: &str) -> vdisk_storage::Result<Vec<String>> {
+            self.inner.list(prefix)
+        }
+        fn allocated(&self, name: &str) -> vdisk_storage::Result<u64> {
+            self.inner.allocated(name)
+        }
+    }
+
+    #[test]
+    fn a_write_in_place_that_fails_is_answered_and_its_payload_skipped() {
+        let data = Arc::new(FullForFills::default());
+        let (_store, img) = image_sized(data.clone(), 8 << 20);
+        // Object 0 written whole: writes into it are offered in place.
+        img.write_at(0, &vec![1; 4 << 20]).expect("object 0");
+        let mut served = Served::tcp(img.clone());
+        let large = vec![2u8; 256 << 10];
+        // Into object 1 (holes: the usual way); it leaves the reader
+        // reading only the next header, so nothing of the next payload
+        // is buffered.
+        served.send(Command::Write, 1, 4 << 20, &large, large.len() as u32);
+        // Into object 0: offered in place, refused by the store.
+        served.send(Command::Write, 2, 0, &large, large.len() as u32);
+        // Parsed from right after the skipped payload.
+        served.send(Command::Read, 3, 0, &[], 4096);
+        // Replies in any order.
+        let mut replies: Vec<_> = (0..3).map(|_| served.reply(3, 4096)).collect();
+        replies.sort_unstable();
+        assert_eq!(replies, [(1, 0), (2, Errno::NoSpc.to_wire()), (3, 0)]);
+        assert_eq!(data.fills.load(Ordering::SeqCst), 1, "offered in place");
+        let mut back = vec![0u8; 4 << 20];
+        img.read_at(0, &mut back).expect("read back");
+        assert!(
+            back.iter().all(|&b| b == 1),
+            "the failed write changed data"
+        );
+        served.send(Command::Disconnect, 4, 0, &[], 0);
+        let summary = served.summary();
+        assert!(matches!(summary.end, End::Disconnect), "{}", summary.end);
+        assert_eq!((summary.requests, summary.failed), (3, 1));
     }
 
     #[test]
