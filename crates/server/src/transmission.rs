@@ -1637,14 +1637,8 @@ mod tests {
                 .build()
                 .expect("runtime");
             let (client, socket): (Box<dyn Stream>, Socket) = if tcp {
-                let (server, client) = rt.block_on(async {
-                    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-                        .await
-                        .expect("bind");
-                    let addr = l.local_addr().expect("addr");
-                    let c = tokio::net::TcpStream::connect(addr).await.expect("connect");
-                    (l.accept().await.expect("accept").0, c)
-                });
+                // Both ends leave the pair's runtime here, so it may go.
+                let (_pair, server, client) = socket::tests::tcp_pair();
                 let client = client.into_std().expect("std");
                 client.set_nonblocking(false).expect("blocking");
                 (Box::new(client), Socket::from_tcp(server).expect("socket"))

@@ -288,7 +288,7 @@ impl AsyncWrite for SocketWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
@@ -324,7 +324,7 @@ mod tests {
 
     /// A connected loopback TCP pair (the accepted side first), with the
     /// runtime that registered them, to keep alive while they are used.
-    fn tcp_pair() -> (
+    pub(crate) fn tcp_pair() -> (
         tokio::runtime::Runtime,
         tokio::net::TcpStream,
         tokio::net::TcpStream,
