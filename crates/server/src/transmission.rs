@@ -1073,14 +1073,13 @@ impl<R: Recv> Input<R> {
         Ok(header)
     }
 
-    /// Whether the next `len` bytes can be received straight into a
-    /// payload's destination by [`Input::recv_direct`] without waiting:
-    /// none of them is buffered here, and all of them are in the socket,
-    /// after waiting for them to come in (as a receive of them would).
+    /// Whether the next `len` bytes (none of them buffered here) can be
+    /// received straight into a payload's destination by
+    /// [`Input::recv_direct`] without waiting: all of them are in the
+    /// socket, after waiting for them to come in (as a receive of them
+    /// would).
     fn ready_direct(&mut self, len: usize) -> bool {
-        if self.buffered() != 0 {
-            return false;
-        }
+        debug_assert_eq!(self.buffered(), 0);
         let queued = |rd: &R| rd.queued().is_ok_and(|q| q >= len);
         queued(&self.rd) || (self.rd.wait_queued(len).is_ok() && queued(&self.rd))
     }

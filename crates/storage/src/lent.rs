@@ -5,9 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Bytes an [`crate::ObjectStore`] lends instead of copying
-/// ([`crate::ObjectStore::lend`]): part of a shared mapping of an object file. The mapping is shared with the store's cache of mappings
-/// (see `LocalObjectStore`) and with other lent reads; it is unmapped when
-/// the last of them drops it.
+/// ([`crate::ObjectStore::lend`]): part of a shared mapping of an object
+/// file. The mapping is shared with the store's cache of mappings (see
+/// `LocalObjectStore`) and with other lent reads; it is unmapped when the
+/// last of them drops it.
 ///
 /// Meant to be handed to a system call that copies them (`writev` to a
 /// socket). Reading them in user space works too, with one difference from
@@ -62,6 +63,24 @@ pub struct Filled {
     pub zero: Vec<bool>,
 }
 
+/// [`Filled::zero`] of `bytes`: for each whole `granule`, whether it is all
+/// zero.
+pub(crate) fn zero_granules(bytes: &[u8], granule: usize) -> Vec<bool> {
+    bytes.chunks_exact(granule).map(is_zero).collect()
+}
+
+/// True when every byte is zero. OR-folds 64-byte chunks, which the
+/// compiler vectorizes; stops at the first non-zero chunk.
+pub fn is_zero(buf: &[u8]) -> bool {
+    let mut chunks = buf.chunks_exact(64);
+    for c in &mut chunks {
+        if c.iter().fold(0u8, |a, b| a | b) != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|b| *b == 0)
+}
+
 /// Whether `len` bytes at `offset` are whole granules (`granule` a power
 /// of two), at least one: what [`crate::ObjectStore::fill_in_place`]
 /// takes.
@@ -70,4 +89,33 @@ pub(crate) fn granules_fit(offset: u64, len: usize, granule: usize) -> bool {
         && len > 0
         && offset.is_multiple_of(granule as u64)
         && len.is_multiple_of(granule)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[0; 4096]));
+        assert!(is_zero(&[]));
+        let mut b = vec![0u8; 4099];
+        b[4098] = 1;
+        assert!(!is_zero(&b));
+        b[4098] = 0;
+        b[7] = 1;
+        assert!(!is_zero(&b));
+        // Whole granules only; the partial one at the end is not told.
+        assert_eq!(zero_granules(&b[..4099], 2048), [false, true]);
+        assert_eq!(zero_granules(&[0; 100], 4096), Vec::<bool>::new());
+    }
+
+    #[test]
+    fn granules_fit_whole_aligned_ranges() {
+        assert!(granules_fit(8192, 4096, 4096));
+        assert!(!granules_fit(8192, 0, 4096));
+        assert!(!granules_fit(100, 4096, 4096));
+        assert!(!granules_fit(0, 100, 4096));
+        assert!(!granules_fit(0, 4096, 3000));
+    }
 }

@@ -38,7 +38,7 @@ mod mem;
 mod redb_meta;
 
 pub use faulty::{FaultConfig, FaultyMetaStore, FaultyObjectStore};
-pub use lent::{Filled, Lent};
+pub use lent::{is_zero, Filled, Lent};
 pub use local::{start_file_writeback, LocalObjectStore, LEND_WINDOW};
 pub use lock::{DirLock, LockHolder};
 pub use mem::{MemMetaStore, MemObjectStore};

@@ -226,10 +226,7 @@ impl ObjectStore for MemObjectStore {
         let n = fill(&mut buf).min(len);
         object.write(offset, &buf[..n]);
         slot.dirty |= n > 0;
-        let zero = buf[..n / granule * granule]
-            .chunks(granule)
-            .map(|g| g.iter().all(|&b| b == 0))
-            .collect();
+        let zero = crate::lent::zero_granules(&buf[..n], granule);
         Ok(Some(Filled { len: n, zero }))
     }
 
